@@ -1,0 +1,63 @@
+"""Loading a LLaVA checkpoint from a local folder and asking it questions, the one code path
+shared by the embedded tiny model and a llava-1.5-hf checkpoint on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+def load_llava(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Model and processor from a local HF-format folder; never touches a model hub."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"no HF checkpoint at {model_dir} (expected config.json, *.safetensors and the "
+            "processor files, as save_pretrained writes them)")
+    processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+    # Batched generation appends new tokens on the right, so prompts are padded on the left.
+    processor.tokenizer.padding_side = "left"
+    model = LlavaForConditionalGeneration.from_pretrained(
+        model_dir, dtype=dtype, local_files_only=True).to(device).eval()
+    return model, processor
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Any image PIL opens, upright (EXIF orientation applied) and in RGB."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            # Alpha is flattened onto white, as a viewer shows it.
+            im = im.convert("RGBA")
+            canvas = Image.new("RGB", im.size, (255, 255, 255))
+            canvas.paste(im, mask=im.getchannel("A"))
+            return canvas
+        return im.convert("RGB")
+
+
+def build_prompt(processor, question: str) -> str:
+    """The checkpoint's own chat template (llava-1.5: ``USER: <image>\\n{q} ASSISTANT:``)."""
+    conversation = [{"role": "user", "content": [{"type": "image"},
+                                                 {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(conversation, add_generation_prompt=True)
+
+
+@torch.inference_mode()
+def answer_batch(model, processor, images: list[Image.Image], questions: list[str],
+                 max_new_tokens: int = 8) -> list[str]:
+    """Greedy answers for a batch of (image, question) pairs."""
+    prompts = [build_prompt(processor, q) for q in questions]
+    inputs = processor(images=images, text=prompts, padding=True, return_tensors="pt")
+    inputs = inputs.to(model.device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new_tokens = out[:, inputs["input_ids"].shape[1]:]
+    return [t.strip() for t in processor.batch_decode(new_tokens, skip_special_tokens=True)]

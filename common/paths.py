@@ -1,0 +1,9 @@
+"""Where the shipped artefacts live. The embedded model is committed under ``models/`` so a fresh
+machine with no model hub runs everything."""
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO_ROOT / "models"
+DEFAULT_MODEL_DIR = MODELS_DIR / "tiny-llava"
+SAMPLES_DIR = MODELS_DIR / "samples"

@@ -1,0 +1,111 @@
+"""The ``alignedvq`` command: offline workflows (data, training, evaluation)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from common.paths import DEFAULT_MODEL_DIR
+
+
+def _dataset(args) -> int:
+    from common.shapes_vqa import write_dataset
+
+    path = write_dataset(Path(args.out), args.n, args.seed, progress=not args.quiet)
+    print(f"wrote {args.n} questions to {path}")
+    return 0
+
+
+def _train_model(args) -> int:
+    import torch
+
+    from training.train_model import train
+
+    torch.set_num_threads(args.threads)
+    log = train(Path(args.out), seed=args.seed, images=args.images,
+                vision_minutes=args.vision_minutes, max_steps=args.max_steps,
+                max_minutes=args.max_minutes, batch=args.batch,
+                questions_per_image=args.questions_per_image, lr=args.lr,
+                target_accuracy=args.target_accuracy)
+    last = log["history"][-1] if log["history"] else {}
+    print(f"saved to {args.out}: {log['steps']} steps in {log['total_minutes']:.1f} min, "
+          f"held-out answer accuracy {last.get('held_out_answer_accuracy', float('nan')):.3f}")
+    return 0
+
+
+def _eval(args) -> int:
+    from offline.evaluate import DatasetError, evaluate
+
+    try:
+        result = evaluate(Path(args.model), Path(args.dataset), limit=args.limit,
+                          batch_size=args.batch_size, device=args.device,
+                          progress=not args.json)
+    except (DatasetError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        result.pop("predictions")
+        print(json.dumps(result))
+    else:
+        print(f"accuracy {result['accuracy']:.4f} on {result['n']} questions "
+              f"({result['seconds']} s)")
+        for family, r in result["by_family"].items():
+            print(f"  {family:<12} {r['accuracy']:.4f}  (n={r['n']})")
+        if result["errors"]:
+            print(f"  {len(result['errors'])} image(s) failed to load, counted wrong:")
+            for e in result["errors"][:10]:
+                print(f"    {e['image']}: {e['error']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignedvq", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("dataset", help="generate a ShapesVQA split (shared/SHAPES_VQA.md)")
+    p.add_argument("--out", required=True, help="folder for images/ and questions.jsonl")
+    p.add_argument("--n", type=int, required=True, help="number of questions (one image each)")
+    p.add_argument("--seed", type=int, required=True,
+                   help="RNG seed; splits use disjoint seeds (the model trains on seed 0, "
+                        "use e.g. 1 for validation and 2 for test)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_dataset)
+
+    p = sub.add_parser("train-model", help="train the embedded tiny LLaVA on ShapesVQA")
+    p.add_argument("--out", required=True, help="folder for the HF-format checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="fixes data, init and order (default 0)")
+    p.add_argument("--images", type=int, default=20000, help="pre-rendered training images")
+    p.add_argument("--vision-minutes", type=float, default=4.0,
+                   help="stage 1 (dense per-patch pre-training) wall time; ~95%% per patch in 4")
+    p.add_argument("--max-steps", type=int, default=6000, help="stage 2 step budget")
+    p.add_argument("--max-minutes", type=float, default=75.0, help="total wall-time budget")
+    p.add_argument("--batch", type=int, default=32, help="images per step")
+    p.add_argument("--questions-per-image", type=int, default=8,
+                   help="turns per multi-turn training sequence")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
+    p.add_argument("--target-accuracy", type=float, default=0.995,
+                   help="stop once held-out teacher-forced answer accuracy reaches this")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.set_defaults(func=_train_model)
+
+    p = sub.add_parser("eval", help="accuracy on a JSON Lines VQA file")
+    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
+                   help="local HF LLaVA checkpoint (default: the embedded model)")
+    p.add_argument("--dataset", required=True, help="JSON Lines file (SHAPES_VQA.md format)")
+    p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--batch-size", type=int, default=64, help="questions per generate() call")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

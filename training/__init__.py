@@ -1,0 +1,1 @@
+"""Offline workflows behind the ``alignedvq`` command: building and training the embedded model."""

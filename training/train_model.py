@@ -1,0 +1,264 @@
+"""``alignedvq train-model``: train the embedded tiny LLaVA on ShapesVQA.
+
+The recipe follows LLaVA's own (pretrained vision, then instruction tuning) because a tiny model
+trained from scratch on the questions alone learns counting early but stays near chance on
+colour, position and existence for thousands of steps (measured, issue 2):
+
+1. **Dense vision pre-training.** The CLIP tower plus two throw-away linear heads learn the
+   colour and the shape under every patch. Afterwards each image token says what lies under it,
+   which is what the language model has to bind words to.
+2. **Multi-turn instruction tuning.** The vision tower is frozen; projector and language model
+   learn from sequences holding one image and several questions about it, in llava-1.5's
+   conversation format (``USER: <image>\\nq1 ASSISTANT: a1</s>USER: q2 ASSISTANT: a2</s>``).
+   Only answer tokens are supervised, so each image yields several answers' worth of signal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import shapes_vqa as spec
+from training import tiny_llava
+
+PATCH = tiny_llava.VISION["patch_size"]
+GRID = spec.IMAGE_SIZE // PATCH
+# A patch is labelled with the object covering most of it when that object covers at least this
+# many of its 256 pixels; otherwise it is background.
+MIN_OBJECT_PIXELS = 24
+
+
+@dataclass
+class ImagePool:
+    """Pre-rendered training images: rendering on the fly would cost as much as a training step
+    on two cores."""
+
+    pixels: torch.Tensor          # (N, 3, H, W) uint8
+    patch_color: torch.Tensor     # (N, GRID*GRID) int64, 0 = background, 1 + colour index
+    patch_shape: torch.Tensor     # (N, GRID*GRID) int64, 0 = background, 1 + shape index
+    scenes: list[spec.Scene]
+
+
+def build_pool(n: int, seed: int) -> ImagePool:
+    rng = random.Random(seed)
+    colors, shapes = list(spec.COLORS), list(spec.SHAPES)
+    pixels = np.empty((n, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), np.uint8)
+    pc = np.zeros((n, GRID * GRID), np.int64)
+    ps = np.zeros((n, GRID * GRID), np.int64)
+    scenes = []
+    for i in tqdm(range(n), desc="rendering training images", unit="img"):
+        scene = spec.sample_scene(rng)
+        scenes.append(scene)
+        pixels[i] = np.asarray(spec.render(scene, antialias=rng.random() < 0.5))
+        labels = np.asarray(spec.render_label_map(scene))
+        blocks = labels.reshape(GRID, PATCH, GRID, PATCH).transpose(0, 2, 1, 3).reshape(GRID * GRID, -1)
+        for p, block in enumerate(blocks):
+            counts = np.bincount(block, minlength=len(scene.objects) + 1)
+            counts[0] = 0
+            k = int(counts.argmax())
+            if k and counts[k] >= MIN_OBJECT_PIXELS:
+                obj = scene.objects[k - 1]
+                pc[i, p] = 1 + colors.index(obj.color)
+                ps[i, p] = 1 + shapes.index(obj.shape)
+    return ImagePool(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(),
+                     torch.from_numpy(pc), torch.from_numpy(ps), scenes)
+
+
+def normalize(pixels: torch.Tensor) -> torch.Tensor:
+    """The processor's transform for 128-px inputs (resize and crop are identities there; a test
+    checks this equals ``CLIPImageProcessor``'s output)."""
+    mean = torch.tensor(tiny_llava.CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(tiny_llava.CLIP_STD).view(1, 3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
+
+
+def pretrain_vision(model, pool: ImagePool, minutes: float, batch: int, seed: int) -> float:
+    """Stage 1; returns the per-patch accuracy (colour and shape both right) on held-out images."""
+    vision = model.model.vision_tower
+    hidden = vision.config.hidden_size
+    heads = torch.nn.ModuleDict({"color": torch.nn.Linear(hidden, 1 + len(spec.COLORS)),
+                                 "shape": torch.nn.Linear(hidden, 1 + len(spec.SHAPES))})
+    params = list(vision.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed)
+    held_out = torch.arange(len(pool.scenes) - 256, len(pool.scenes))
+    train_n = len(pool.scenes) - 256
+
+    def logits(idx):
+        h = vision(normalize(pool.pixels[idx]), output_hidden_states=True).hidden_states[
+            model.config.vision_feature_layer][:, 1:]
+        return heads["color"](h), heads["shape"](h)
+
+    deadline = time.monotonic() + minutes * 60
+    bar = tqdm(desc="stage 1: dense vision pre-training", unit="step",
+               total=None if minutes else 0)
+    while time.monotonic() < deadline:
+        idx = torch.randint(0, train_n, (batch,), generator=g)
+        lc, ls = logits(idx)
+        loss = F.cross_entropy(lc.flatten(0, 1), pool.patch_color[idx].flatten()) + \
+            F.cross_entropy(ls.flatten(0, 1), pool.patch_shape[idx].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    with torch.no_grad():
+        lc, ls = logits(held_out)
+        ok = (lc.argmax(-1) == pool.patch_color[held_out]) & (ls.argmax(-1) == pool.patch_shape[held_out])
+    return ok.float().mean().item()
+
+
+class SequenceBuilder:
+    """Token ids for llava-1.5 conversations, built from the checkpoint's own tokenizer and chat
+    template (the first turn is exactly what the processor produces at inference time)."""
+
+    def __init__(self, processor, num_image_tokens: int):
+        self.tok = processor.tokenizer
+        first = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "{q}"}]}],
+            add_generation_prompt=True)
+        before, after = first.split("{q}")
+        image_id = self.tok.convert_tokens_to_ids(tiny_llava.IMAGE_TOKEN)
+        self.prefix = [self.tok.bos_token_id] + [
+            t for t in self._ids(before.split(tiny_llava.IMAGE_TOKEN)[0])] + \
+            [image_id] * num_image_tokens + self._ids(before.split(tiny_llava.IMAGE_TOKEN)[1])
+        self.turn_open = self._ids("USER: ")
+        self.turn_close = self._ids(after)
+        self.eos = self.tok.eos_token_id
+        self._cache: dict[str, list[int]] = {}
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False).input_ids
+
+    def ids(self, text: str) -> list[int]:
+        if text not in self._cache:
+            self._cache[text] = self._ids(text)
+        return self._cache[text]
+
+    def conversation(self, qas: list[spec.Question]) -> tuple[list[int], list[int]]:
+        ids = list(self.prefix)
+        labels = [-100] * len(ids)
+        for turn, q in enumerate(qas):
+            prompt = (self.turn_open if turn else []) + self.ids(q.question) + self.turn_close
+            answer = self.ids(q.answer) + [self.eos]
+            ids += prompt + answer
+            labels += [-100] * len(prompt) + answer
+        return ids, labels
+
+
+def sample_questions(scene: spec.Scene, k: int, rng: random.Random) -> list[spec.Question]:
+    out = []
+    while len(out) < k:
+        q = spec.ask(scene, rng.choice(spec.FAMILIES), rng)
+        if q is not None:
+            out.append(q)
+    return out
+
+
+def collate(batch: list[tuple[list[int], list[int]]], pad_id: int):
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id)
+    labels = torch.full((len(batch), width), -100)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (ids, lab) in enumerate(batch):
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        labels[i, :len(lab)] = torch.tensor(lab)
+        mask[i, :len(ids)] = 1
+    return input_ids, labels, mask
+
+
+def answer_accuracy(model, pool: ImagePool, builder: SequenceBuilder, idx, questions) -> float:
+    """Teacher-forced: the fraction of single-turn questions whose every answer token is right."""
+    model.eval()
+    with torch.no_grad():
+        input_ids, labels, mask = collate([builder.conversation([q]) for q in questions],
+                                          builder.tok.pad_token_id)
+        logits = model(input_ids=input_ids, attention_mask=mask,
+                       pixel_values=normalize(pool.pixels[idx])).logits
+        pred = logits[:, :-1].argmax(-1)
+        target = labels[:, 1:]
+        wrong = ((pred != target) & (target != -100)).any(-1)
+    model.train()
+    return 1.0 - wrong.float().mean().item()
+
+
+def train(out: Path, seed: int = 0, images: int = 20000, vision_minutes: float = 4.0,
+          max_steps: int = 6000, max_minutes: float = 60.0, batch: int = 32,
+          questions_per_image: int = 8, lr: float = 1e-3, target_accuracy: float = 0.995,
+          eval_every: int = 200) -> dict:
+    torch.manual_seed(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = tiny_llava.build_tokenizer()
+    processor = tiny_llava.build_processor(tokenizer)
+    model = tiny_llava.build_model(tokenizer, seed=seed)
+    pool = build_pool(images, seed=seed)
+    log: dict = {"seed": seed, "images": images, "batch": batch,
+                 "questions_per_image": questions_per_image, "lr": lr}
+
+    t0 = time.monotonic()
+    log["vision_patch_accuracy"] = pretrain_vision(model, pool, vision_minutes, 64, seed)
+    log["vision_minutes"] = (time.monotonic() - t0) / 60
+    tqdm.write(f"stage 1 done: per-patch colour+shape accuracy {log['vision_patch_accuracy']:.3f}")
+    for p in model.model.vision_tower.parameters():
+        p.requires_grad_(False)
+
+    builder = SequenceBuilder(processor, num_image_tokens=GRID * GRID)
+    rng = random.Random(seed + 1)
+    held_out = list(range(len(pool.scenes) - 256, len(pool.scenes)))
+    held_q = [sample_questions(pool.scenes[i], 1, rng)[0] for i in held_out]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01)
+    warmup = 200
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * (
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max_steps)))))
+    model.train()
+    t1 = time.monotonic()
+    history = []
+    bar = tqdm(total=max_steps, desc="stage 2: multi-turn instruction tuning", unit="step")
+    for step in range(1, max_steps + 1):
+        idx = [rng.randrange(len(pool.scenes) - 256) for _ in range(batch)]
+        convs = [builder.conversation(sample_questions(pool.scenes[i], questions_per_image, rng))
+                 for i in idx]
+        input_ids, labels, mask = collate(convs, tokenizer.pad_token_id)
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels,
+                     pixel_values=normalize(pool.pixels[idx])).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        sched.step()
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        done = (time.monotonic() - t0) / 60 > max_minutes or step == max_steps
+        if step % eval_every == 0 or done:
+            acc = answer_accuracy(model, pool, builder, held_out, held_q)
+            history.append({"step": step, "minutes": round((time.monotonic() - t0) / 60, 1),
+                            "loss": round(loss.item(), 4), "held_out_answer_accuracy": acc})
+            tqdm.write(json.dumps(history[-1]))
+            save(model, processor, out)
+            if acc >= target_accuracy:
+                done = True
+        if done:
+            break
+    bar.close()
+    log.update(history=history, steps=step, stage2_minutes=(time.monotonic() - t1) / 60,
+               total_minutes=(time.monotonic() - t0) / 60)
+    save(model, processor, out)
+    (out / "training_log.json").write_text(json.dumps(log, indent=1))
+    return log
+
+
+def save(model, processor, out: Path) -> None:
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
