@@ -6,4 +6,5 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO_ROOT / "models"
 DEFAULT_MODEL_DIR = MODELS_DIR / "tiny-llava"
+DEFAULT_CODEC_DIR = MODELS_DIR / "tiny-llava-codec-12bit"
 SAMPLES_DIR = MODELS_DIR / "samples"

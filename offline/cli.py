@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from common.paths import DEFAULT_MODEL_DIR
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
+from offline.evaluate import MODES
 
 
 def _dataset(args) -> int:
@@ -35,22 +36,43 @@ def _train_model(args) -> int:
     return 0
 
 
+def _train_codec(args) -> int:
+    import torch
+
+    from training.train_codec import train_codec
+
+    torch.set_num_threads(args.threads)
+    log = train_codec(Path(args.model), Path(args.dataset), Path(args.out), bits=args.bits,
+                      stages=args.stages, split_layer=args.split_layer, code_dim=args.code_dim,
+                      steps=args.steps, batch=args.batch, lr=args.lr,
+                      distill_weight=args.distill_weight, seed=args.seed,
+                      max_images=args.max_images)
+    print(f"saved codec to {args.out}: K={1 << args.bits} x {args.stages} stage(s), "
+          f"{log['codes_used']} codes in use, {log['minutes']} min")
+    return 0
+
+
 def _eval(args) -> int:
     from offline.evaluate import DatasetError, evaluate
 
     try:
         result = evaluate(Path(args.model), Path(args.dataset), limit=args.limit,
                           batch_size=args.batch_size, device=args.device,
-                          progress=not args.json)
-    except (DatasetError, FileNotFoundError) as e:
+                          progress=not args.json, mode=args.mode,
+                          codec_dir=Path(args.codec) if args.codec else None,
+                          split_layer=args.split_layer)
+    except (DatasetError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
         result.pop("predictions")
         print(json.dumps(result))
     else:
-        print(f"accuracy {result['accuracy']:.4f} on {result['n']} questions "
+        print(f"{result['mode']}: accuracy {result['accuracy']:.4f} on {result['n']} questions "
               f"({result['seconds']} s)")
+        if "payload_bytes_mean" in result:
+            print(f"  payload {result['payload_bytes_mean']:.1f} B per image, "
+                  f"{result['compression_ratio_vs_fp16']:.1f}x smaller than fp16 features")
         for family, r in result["by_family"].items():
             print(f"  {family:<12} {r['accuracy']:.4f}  (n={r['n']})")
         if result["errors"]:
@@ -90,6 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=_train_model)
 
+    p = sub.add_parser("train-codec", help="train an AlignedVQ codec for a frozen model")
+    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
+                   help="local HF LLaVA checkpoint (default: the embedded model)")
+    p.add_argument("--dataset", required=True,
+                   help="JSON Lines file of images and questions (answers drive distillation)")
+    p.add_argument("--out", required=True, help="folder for codec.safetensors and codec.json")
+    p.add_argument("--bits", type=int, default=12, help="bits per index: K = 2**bits (1..16)")
+    p.add_argument("--stages", type=int, default=1, help="residual stages, one index each")
+    p.add_argument("--split-layer", type=int,
+                   help="vision block whose output crosses (default: the feature layer)")
+    p.add_argument("--code-dim", type=int, default=32, help="dimension the codebook lives in")
+    p.add_argument("--steps", type=int, default=1500, help="optimisation steps")
+    p.add_argument("--batch", type=int, default=32, help="images per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam peak learning rate")
+    p.add_argument("--distill-weight", type=float, default=1.0,
+                   help="weight of the answer-distribution distillation (0 disables it)")
+    p.add_argument("--max-images", type=int, help="use only the first N questions' images")
+    p.add_argument("--seed", type=int, default=0, help="fixes init, k-means and order")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.set_defaults(func=_train_codec)
+
     p = sub.add_parser("eval", help="accuracy on a JSON Lines VQA file")
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
                    help="local HF LLaVA checkpoint (default: the embedded model)")
@@ -97,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--batch-size", type=int, default=64, help="questions per generate() call")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--mode", choices=MODES, default="original",
+                   help="original: the unmodified model; alignedvq: through the codec; "
+                        "fp16/int8: split features sent raw (baselines)")
+    p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR),
+                   help="codec folder for --mode alignedvq (default: the shipped one)")
+    p.add_argument("--split-layer", type=int,
+                   help="vision block whose output crosses (default: the feature layer)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
     return parser

@@ -13,6 +13,8 @@ from tqdm import tqdm
 from common.answers import is_correct
 from common.llava_io import answer_batch, load_llava, open_image
 
+MODES = ("original", "alignedvq", "fp16", "int8")
+
 
 class DatasetError(ValueError):
     pass
@@ -38,13 +40,59 @@ def read_questions(path: Path, limit: int | None = None) -> list[dict]:
     return rows
 
 
+class SplitAnswerer:
+    """Answers through the edge/cloud split in one process: the edge half encodes, the request
+    messages are serialised (their size is the payload), parsed back and decoded by the cloud
+    half, exactly the bytes a remote cloud would receive."""
+
+    def __init__(self, model_dir: Path, mode: str, codec_dir: Path | None,
+                 split_layer: int | None, device: str):
+        from common.features import Fp16Encoding
+        from common.pipeline import CloudHalf, EdgeHalf
+
+        self.mode = mode
+        self.edge = EdgeHalf(model_dir, codec_dir, mode, split_layer, device)
+        self.cloud = CloudHalf(model_dir, codec_dir if mode == "alignedvq" else None,
+                               split_layer, device)
+        self.fp16 = Fp16Encoding(self.edge.tokens, self.cloud.dim)
+        self.payload_bytes: list[int] = []
+        self.fp16_bytes: list[int] = []
+
+    def __call__(self, images, questions) -> list[str]:
+        import torch
+
+        from alignedvq.v1 import inference_pb2 as pb
+        from common.features import request_messages, wire_bytes
+
+        features = self.edge.features(images)
+        chunk_sets = self.edge.chunks(images)
+        decoded = []
+        for feats, chunks in zip(features, chunk_sets):
+            # Image payload only: the question travels too, but it is not the image's cost.
+            wire = [m.SerializeToString() for m in self.edge.messages(chunks)]
+            self.payload_bytes.append(sum(map(len, wire)))
+            received = [pb.AnswerFromCodesRequest.FromString(w) for w in wire]
+            decoded.append(self.cloud.decode(self.mode, [m.chunk.packed_indices
+                                                         for m in received[1:]]))
+            self.fp16_bytes.append(wire_bytes(request_messages(
+                self.fp16, self.fp16.encode(feats), self.edge.vision.fingerprint, "")))
+        return self.cloud.answer(torch.stack(decoded), questions)
+
+
 def evaluate(model_dir: Path, dataset: Path, limit: int | None = None, batch_size: int = 64,
-             device: str = "cpu", progress: bool = True) -> dict:
+             device: str = "cpu", progress: bool = True, mode: str = "original",
+             codec_dir: Path | None = None, split_layer: int | None = None) -> dict:
     """Greedy answers for every question. An image that fails to load is an error: counted as a
     wrong answer in ``accuracy`` and listed under ``errors``, never a crash."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     started = time.monotonic()
     rows = read_questions(dataset, limit)
-    model, processor = load_llava(model_dir, device=device)
+    if mode == "original":
+        model, processor = load_llava(model_dir, device=device)
+        answerer = lambda images, questions: answer_batch(model, processor, images, questions)  # noqa: E731
+    else:
+        answerer = SplitAnswerer(model_dir, mode, codec_dir, split_layer, device)
     root = Path(dataset).resolve().parent
     correct = 0
     by_family: dict[str, list[int]] = defaultdict(lambda: [0, 0])
@@ -61,8 +109,7 @@ def evaluate(model_dir: Path, dataset: Path, limit: int | None = None, batch_siz
             except (OSError, ValueError) as e:
                 errors.append({"image": row["image"], "error": str(e)})
                 by_family[row.get("family", "all")][1] += 1
-        answers = answer_batch(model, processor, images, [r["question"] for r in ok_rows]) \
-            if ok_rows else []
+        answers = answerer(images, [r["question"] for r in ok_rows]) if ok_rows else []
         for row, answer in zip(ok_rows, answers):
             hit = is_correct(answer, row["answer"])
             correct += hit
@@ -72,14 +119,22 @@ def evaluate(model_dir: Path, dataset: Path, limit: int | None = None, batch_siz
             predictions.append({"question": row["question"], "answer": answer,
                                 "expected": row["answer"], "correct": hit})
     n = len(rows)
+    payload = {}
+    if mode != "original" and answerer.payload_bytes:
+        mean = sum(answerer.payload_bytes) / len(answerer.payload_bytes)
+        fp16 = sum(answerer.fp16_bytes) / len(answerer.fp16_bytes)
+        payload = {"payload_bytes_mean": mean, "compression_ratio_vs_fp16": fp16 / mean,
+                   "fp16_payload_bytes_mean": fp16, "image_tokens": answerer.edge.tokens,
+                   "codec": str(codec_dir) if mode == "alignedvq" else None}
     return {
-        "mode": "original",
+        "mode": mode,
         "model": str(model_dir),
         "dataset": str(dataset),
         "n": n,
         "accuracy": correct / n if n else 0.0,
         "by_family": {k: {"accuracy": c / t if t else 0.0, "n": t}
                       for k, (c, t) in sorted(by_family.items())},
+        **payload,
         "errors": errors,
         "seconds": round(time.monotonic() - started, 2),
         "predictions": predictions,

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs, at the import path that mirrors protos/alignedvq/."""

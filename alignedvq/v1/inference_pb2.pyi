@@ -1,0 +1,138 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FeatureEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEATURE_ENCODING_UNSPECIFIED: _ClassVar[FeatureEncoding]
+    FEATURE_ENCODING_ALIGNEDVQ: _ClassVar[FeatureEncoding]
+    FEATURE_ENCODING_FP16: _ClassVar[FeatureEncoding]
+    FEATURE_ENCODING_INT8: _ClassVar[FeatureEncoding]
+FEATURE_ENCODING_UNSPECIFIED: FeatureEncoding
+FEATURE_ENCODING_ALIGNEDVQ: FeatureEncoding
+FEATURE_ENCODING_FP16: FeatureEncoding
+FEATURE_ENCODING_INT8: FeatureEncoding
+
+class GenerationParams(_message.Message):
+    __slots__ = ("max_new_tokens",)
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    max_new_tokens: int
+    def __init__(self, max_new_tokens: _Optional[int] = ...) -> None: ...
+
+class CodesHeader(_message.Message):
+    __slots__ = ("vision_fingerprint", "codec_fingerprint", "encoding", "tokens", "bits", "stages", "question", "generation")
+    VISION_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    vision_fingerprint: bytes
+    codec_fingerprint: bytes
+    encoding: FeatureEncoding
+    tokens: int
+    bits: int
+    stages: int
+    question: str
+    generation: GenerationParams
+    def __init__(self, vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., encoding: _Optional[_Union[FeatureEncoding, str]] = ..., tokens: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., question: _Optional[str] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ...) -> None: ...
+
+class CodesChunk(_message.Message):
+    __slots__ = ("stage", "packed_indices")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    PACKED_INDICES_FIELD_NUMBER: _ClassVar[int]
+    stage: int
+    packed_indices: bytes
+    def __init__(self, stage: _Optional[int] = ..., packed_indices: _Optional[bytes] = ...) -> None: ...
+
+class AnswerFromCodesRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: CodesHeader
+    chunk: CodesChunk
+    def __init__(self, header: _Optional[_Union[CodesHeader, _Mapping]] = ..., chunk: _Optional[_Union[CodesChunk, _Mapping]] = ...) -> None: ...
+
+class AnswerSummary(_message.Message):
+    __slots__ = ("payload_bytes", "decode_ms", "queue_ms", "generate_ms", "tokens_generated", "model_id", "codec_fingerprint", "answer")
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DECODE_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_MS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_GENERATED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    payload_bytes: int
+    decode_ms: float
+    queue_ms: float
+    generate_ms: float
+    tokens_generated: int
+    model_id: str
+    codec_fingerprint: str
+    answer: str
+    def __init__(self, payload_bytes: _Optional[int] = ..., decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., tokens_generated: _Optional[int] = ..., model_id: _Optional[str] = ..., codec_fingerprint: _Optional[str] = ..., answer: _Optional[str] = ...) -> None: ...
+
+class AnswerFromCodesResponse(_message.Message):
+    __slots__ = ("text_delta", "summary")
+    TEXT_DELTA_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    text_delta: str
+    summary: AnswerSummary
+    def __init__(self, text_delta: _Optional[str] = ..., summary: _Optional[_Union[AnswerSummary, _Mapping]] = ...) -> None: ...
+
+class AnswerFromImageRequest(_message.Message):
+    __slots__ = ("image", "question", "generation")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    question: str
+    generation: GenerationParams
+    def __init__(self, image: _Optional[bytes] = ..., question: _Optional[str] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ...) -> None: ...
+
+class AnswerFromImageResponse(_message.Message):
+    __slots__ = ("text_delta", "summary")
+    TEXT_DELTA_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    text_delta: str
+    summary: AnswerSummary
+    def __init__(self, text_delta: _Optional[str] = ..., summary: _Optional[_Union[AnswerSummary, _Mapping]] = ...) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetServerInfoResponse(_message.Message):
+    __slots__ = ("model_id", "vision_fingerprint", "codec_fingerprint", "split_layer", "codebook_size", "bits", "stages", "tokens", "image_size", "max_question_chars", "max_new_tokens", "max_message_bytes")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    VISION_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_LAYER_FIELD_NUMBER: _ClassVar[int]
+    CODEBOOK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUESTION_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    vision_fingerprint: bytes
+    codec_fingerprint: bytes
+    split_layer: int
+    codebook_size: int
+    bits: int
+    stages: int
+    tokens: int
+    image_size: int
+    max_question_chars: int
+    max_new_tokens: int
+    max_message_bytes: int
+    def __init__(self, model_id: _Optional[str] = ..., vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., split_layer: _Optional[int] = ..., codebook_size: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., tokens: _Optional[int] = ..., image_size: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...

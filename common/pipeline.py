@@ -1,0 +1,113 @@
+"""The two halves of the split model as the edge and the cloud run them, in any process.
+
+Edge: image -> processor -> vision blocks [0, K) -> feature encoding -> request messages.
+Cloud: request messages -> feature decoding -> vision blocks [K, F) -> projector -> LM -> text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from common.codec import AlignedVQ
+from common.features import (AlignedVQEncoding, FeatureEncoding, Fp16Encoding, Int8Encoding,
+                             PayloadError, request_messages)
+from common.llava_io import build_prompt, load_llava
+from common.split import (EdgeVision, SplitPoint, cloud_image_features, merge_image_tokens,
+                          prune_for_cloud, vision_fingerprint)
+
+FEATURE_MODES = ("alignedvq", "fp16", "int8")
+
+
+def make_encoding(mode: str, codec: AlignedVQ | None, tokens: int, dim: int) -> FeatureEncoding:
+    if mode == "alignedvq":
+        if codec is None:
+            raise ValueError("--mode alignedvq needs a codec (--codec DIR)")
+        return AlignedVQEncoding(codec)
+    if mode == "fp16":
+        return Fp16Encoding(tokens, dim)
+    if mode == "int8":
+        return Int8Encoding(tokens, dim)
+    raise ValueError(f"unknown feature mode {mode!r}; expected one of {FEATURE_MODES}")
+
+
+class EdgeHalf:
+    """Holds the vision blocks before the cut and the encoder; no language-model weights."""
+
+    def __init__(self, model_dir: str | Path, codec_dir: str | Path | None = None,
+                 mode: str = "alignedvq", split_layer: int | None = None, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        from transformers import AutoImageProcessor
+
+        self.vision = EdgeVision.from_pretrained(model_dir, split_layer, device, dtype)
+        self.split = self.vision.split
+        self.image_processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
+        self.tokens = self.split.tokens(self.vision.config.vision_config)
+        self.codec = None
+        if mode == "alignedvq":
+            self.codec = AlignedVQ.load(codec_dir, expect_fingerprint=self.vision.fingerprint,
+                                        expect_split_layer=self.split.split_layer)
+        self.encoding = make_encoding(mode, self.codec, self.tokens,
+                                      self.vision.config.vision_config.hidden_size)
+        self.codec_fingerprint = self.codec.fingerprint() if self.codec else ""
+
+    def features(self, images) -> torch.Tensor:
+        pixels = self.image_processor(images=images, return_tensors="pt").pixel_values
+        return self.vision(pixels.to(self.vision.pre_layrnorm.weight.device))
+
+    def chunks(self, images) -> list[list[bytes]]:
+        feats = self.features(images)
+        if isinstance(self.encoding, AlignedVQEncoding):
+            return self.encoding.encode_batch(feats)
+        return [self.encoding.encode(f) for f in feats]
+
+    def messages(self, chunks: list[bytes], question: str = "", max_new_tokens: int = 0):
+        return request_messages(self.encoding, chunks, self.vision.fingerprint,
+                                self.codec_fingerprint, question, max_new_tokens)
+
+
+class CloudHalf:
+    """Holds the vision blocks after the cut, the projector, the language model and a decoder."""
+
+    def __init__(self, model_dir: str | Path, codec_dir: str | Path | None = None,
+                 split_layer: int | None = None, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        self.model, self.processor = load_llava(model_dir, device, dtype)
+        self.split = SplitPoint.from_config(self.model.config, split_layer)
+        self.vision_fingerprint = vision_fingerprint(Path(model_dir), self.split)
+        self.tokens = self.split.tokens(self.model.config.vision_config)
+        self.dim = self.model.config.vision_config.hidden_size
+        prune_for_cloud(self.model, self.split)
+        self.codec = None
+        if codec_dir is not None:
+            self.codec = AlignedVQ.load(codec_dir, expect_fingerprint=self.vision_fingerprint,
+                                        expect_split_layer=self.split.split_layer)
+        self.codec_fingerprint = self.codec.fingerprint() if self.codec else ""
+        self.image_tokens = self.tokens - (1 if self.split.sends_cls and
+                                           self.split.strategy == "default" else 0)
+
+    def encoding(self, mode: str) -> FeatureEncoding:
+        return make_encoding(mode, self.codec, self.tokens, self.dim)
+
+    def decode(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
+        return self.encoding(mode).decode(chunks)
+
+    @torch.inference_mode()
+    def answer(self, features: torch.Tensor, questions: list[str],
+               max_new_tokens: int = 8) -> list[str]:
+        """Greedy answers from features at the cut (B, T, D), one question each."""
+        tok = self.processor.tokenizer
+        image_token = self.processor.image_token
+        prompts = [build_prompt(self.processor, q).replace(image_token,
+                                                           image_token * self.image_tokens)
+                   for q in questions]
+        inputs = tok(prompts, padding=True, return_tensors="pt").to(self.model.device)
+        image_features = cloud_image_features(self.model, features.to(self.model.device))
+        embeds = merge_image_tokens(self.model, inputs.input_ids, image_features)
+        out = self.model.generate(inputs_embeds=embeds, attention_mask=inputs.attention_mask,
+                                  max_new_tokens=max_new_tokens, do_sample=False)
+        return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+
+
+__all__ = ["EdgeHalf", "CloudHalf", "PayloadError", "FEATURE_MODES"]

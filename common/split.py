@@ -1,0 +1,201 @@
+"""Where LLaVA is cut in two, and the two halves.
+
+The cut sits at a CLIP block boundary: the edge runs the vision tower's embeddings and blocks
+``[0, K)``; the cloud runs blocks ``[K, F)`` (none by default), the projector and the language
+model, where ``F`` is the block whose output LLaVA reads (``vision_feature_layer``). Because the
+cut is at a block boundary, the hidden state at the cut *is* the whole state the cloud needs:
+nothing (no residual stream, no skip connection) bypasses the codec. This is the lesson of the
+paper's withdrawn size claim (shared/DESIGN.md).
+
+The edge builds its half from the checkpoint's vision keys alone (``safe_open`` reads only those
+tensors), so it never holds a language-model parameter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class SplitError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class SplitPoint:
+    num_layers: int      # blocks in the vision tower
+    feature_layer: int   # F: the hidden state LLaVA feeds the projector (0 = embeddings)
+    split_layer: int     # K: the hidden state that crosses the wire
+    strategy: str        # vision_feature_select_strategy: "default" drops CLS, "full" keeps it
+
+    @classmethod
+    def from_config(cls, config, split_layer: int | None = None) -> "SplitPoint":
+        vision = config.vision_config
+        if vision.model_type != "clip_vision_model":
+            raise SplitError(f"only CLIP vision towers are supported (llava-1.5's), got "
+                             f"{vision.model_type!r}")
+        if not isinstance(config.vision_feature_layer, int):
+            raise SplitError("a list of vision_feature_layer values is not supported")
+        n = vision.num_hidden_layers
+        f = config.vision_feature_layer
+        f = f + n + 1 if f < 0 else f
+        k = f if split_layer is None else (split_layer + n + 1 if split_layer < 0 else split_layer)
+        if not 0 <= k <= f:
+            raise SplitError(f"--split-layer must be the output of a vision block between 0 and "
+                             f"the feature layer {f} (of {n} blocks), got {split_layer}")
+        return cls(n, f, k, config.vision_feature_select_strategy)
+
+    @property
+    def sends_cls(self) -> bool:
+        """At the feature layer with the ``default`` strategy LLaVA drops CLS, so it need not
+        cross; any earlier cut must send it, the remaining blocks attend to it."""
+        return not (self.split_layer == self.feature_layer and self.strategy == "default")
+
+    def tokens(self, vision_config) -> int:
+        grid = vision_config.image_size // vision_config.patch_size
+        return grid * grid + (1 if self.sends_cls else 0)
+
+
+# ---------------------------------------------------------------- reading only vision tensors
+
+_VISION_PREFIXES = ("model.vision_tower.", "vision_tower.")
+
+
+def _safetensors_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [model_dir / n for n in names]
+    single = model_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise FileNotFoundError(f"no safetensors weights in {model_dir}")
+
+
+def _vision_key(key: str) -> str | None:
+    """Checkpoint key -> key inside a CLIPVisionModel, or None for everything else. Accepts the
+    transformers 5 layout (``model.vision_tower.embeddings...``) and llava-1.5-hf's original one
+    (``vision_tower.vision_model.embeddings...``)."""
+    for prefix in _VISION_PREFIXES:
+        if key.startswith(prefix):
+            rest = key[len(prefix):]
+            return rest[len("vision_model."):] if rest.startswith("vision_model.") else rest
+    return None
+
+
+def _wanted(key: str, first: int, stop: int, with_embeddings: bool) -> bool:
+    if key.startswith(("embeddings.", "pre_layrnorm.")):
+        return with_embeddings
+    if key.startswith("encoder.layers."):
+        return first <= int(key.split(".")[2]) < stop
+    return False
+
+
+def read_vision_tensors(model_dir: Path, first: int, stop: int, with_embeddings: bool,
+                        fingerprint_only: bool = False):
+    """The vision tensors of blocks ``[first, stop)`` (and the embeddings), read by key, with a
+    fingerprint over their names and stored bytes (independent of the dtype they run in)."""
+    from safetensors import safe_open
+
+    tensors, digest = {}, hashlib.sha256()
+    found = []
+    for path in _safetensors_files(Path(model_dir)):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                vkey = _vision_key(key)
+                if vkey is not None and _wanted(vkey, first, stop, with_embeddings):
+                    found.append((vkey, path, key))
+    for vkey, path, key in sorted(found):
+        with safe_open(str(path), framework="pt") as f:
+            t = f.get_tensor(key)
+        digest.update(vkey.encode())
+        digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+        if not fingerprint_only:
+            tensors[vkey] = t
+    return tensors, digest.hexdigest()[:16]
+
+
+def vision_fingerprint(model_dir: Path, split: SplitPoint) -> str:
+    """Identifies the weights that produce the features at the cut: a codec trained against
+    them is valid for exactly this fingerprint."""
+    return read_vision_tensors(model_dir, 0, split.split_layer, True, fingerprint_only=True)[1]
+
+
+# ---------------------------------------------------------------- the two halves
+
+class EdgeVision(nn.Module):
+    """CLIP embeddings and blocks ``[0, K)``: pixels in, the hidden state at the cut out."""
+
+    def __init__(self, vision_config, split: SplitPoint):
+        super().__init__()
+        from transformers.models.clip.modeling_clip import CLIPEncoderLayer, CLIPVisionEmbeddings
+
+        self.split = split
+        self.embeddings = CLIPVisionEmbeddings(vision_config)
+        self.pre_layrnorm = nn.LayerNorm(vision_config.hidden_size,
+                                         eps=vision_config.layer_norm_eps)
+        self.layers = nn.ModuleList(CLIPEncoderLayer(vision_config)
+                                    for _ in range(split.split_layer))
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, split_layer: int | None = None,
+                        device: str = "cpu", dtype: torch.dtype = torch.float32) -> "EdgeVision":
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        split = SplitPoint.from_config(config, split_layer)
+        config.vision_config._attn_implementation = "sdpa"
+        edge = cls(config.vision_config, split)
+        tensors, fingerprint = read_vision_tensors(Path(model_dir), 0, split.split_layer, True)
+        state = {k.replace("encoder.layers.", "layers."): v for k, v in tensors.items()}
+        missing, unexpected = edge.load_state_dict(state, strict=False)
+        missing = [m for m in missing if not m.endswith("position_ids")]
+        if missing or unexpected:
+            raise SplitError(f"vision weights in {model_dir} do not match the config: missing "
+                             f"{missing[:5]}, unexpected {unexpected[:5]}")
+        edge.fingerprint = fingerprint
+        edge.config = config
+        return edge.to(device=device, dtype=dtype).eval()
+
+    @torch.inference_mode()
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        h = self.pre_layrnorm(self.embeddings(pixel_values.to(self.pre_layrnorm.weight.dtype)))
+        for layer in self.layers:
+            h = layer(h, None)
+        return h if self.split.sends_cls else h[:, 1:]
+
+
+def prune_for_cloud(model, split: SplitPoint):
+    """Drop the vision parts the cloud never runs: everything up to the cut, and past the feature
+    layer. The blocks ``[K, F)`` stay. The pruned weights were read once at load time, then freed."""
+    tower = model.model.vision_tower
+    kept = nn.ModuleList(list(tower.encoder.layers)[split.split_layer:split.feature_layer])
+    model.model.vision_tower = None
+    model.cloud_vision_layers = kept
+    model.split = split
+    return model
+
+
+def cloud_image_features(model, features: torch.Tensor) -> torch.Tensor:
+    """Hidden state at the cut -> projected image tokens, as LLaVA's ``get_image_features``."""
+    h = features.to(model.dtype)
+    for layer in model.cloud_vision_layers:
+        h = layer(h, None)
+    if model.split.sends_cls and model.split.strategy == "default":
+        h = h[:, 1:]
+    return model.model.multi_modal_projector(h)
+
+
+def merge_image_tokens(model, input_ids: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
+    """``inputs_embeds`` with the image tokens replaced by the projected features, in order."""
+    embeds = model.get_input_embeddings()(input_ids)
+    mask = input_ids == model.config.image_token_id
+    if int(mask.sum()) != image_features.shape[0] * image_features.shape[1]:
+        raise SplitError(f"the prompt has {int(mask.sum())} image tokens but the features hold "
+                         f"{image_features.shape[0] * image_features.shape[1]}")
+    return embeds.masked_scatter(mask.unsqueeze(-1), image_features.to(embeds.dtype))

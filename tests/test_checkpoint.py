@@ -1,0 +1,52 @@
+"""The committed embedded model is a real HF LLaVA checkpoint that loads offline."""
+
+import json
+import os
+import subprocess
+import sys
+
+from common.answers import is_correct
+from common.llava_io import answer_batch, build_prompt, open_image
+from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
+
+
+def test_loads_offline_through_transformers_in_a_fresh_process():
+    code = (
+        "import sys, torch\n"
+        "from transformers import AutoProcessor, LlavaForConditionalGeneration\n"
+        "m = LlavaForConditionalGeneration.from_pretrained(sys.argv[1])\n"
+        "p = AutoProcessor.from_pretrained(sys.argv[1])\n"
+        "print(type(m).__name__, type(p).__name__, m.config.vision_config.model_type,"
+        " m.config.text_config.model_type)\n"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", code, str(DEFAULT_MODEL_DIR)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["LlavaForConditionalGeneration", "LlavaProcessor",
+                                  "clip_vision_model", "llama"]
+
+
+def test_size_budget():
+    total = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.rglob("*") if f.is_file())
+    assert total <= 20 * 1024 * 1024, total
+
+
+def test_llava15_prompt_and_real_patch_grid(embedded_model):
+    model, processor = embedded_model
+    prompt = build_prompt(processor, "how many objects are there?")
+    assert prompt == "USER: <image>\nhow many objects are there? ASSISTANT:"
+    image = open_image(SAMPLES_DIR / "images" / "sample0.png")
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+    n_image_tokens = int((inputs.input_ids == model.config.image_token_id).sum())
+    assert n_image_tokens >= 64
+    grid = model.config.vision_config.image_size // model.config.vision_config.patch_size
+    assert n_image_tokens == grid * grid
+
+
+def test_answers_the_shipped_samples(embedded_model):
+    model, processor = embedded_model
+    rows = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text().splitlines()]
+    answers = answer_batch(model, processor, [open_image(SAMPLES_DIR / r["image"]) for r in rows],
+                           [r["question"] for r in rows])
+    assert sum(is_correct(a, r["answer"]) for a, r in zip(answers, rows)) >= len(rows) - 1, answers

@@ -1,0 +1,57 @@
+"""The training recipe's data path matches what the processor does at inference time."""
+
+import random
+
+import torch
+
+from common import shapes_vqa as spec
+from common.llava_io import build_prompt
+from training import tiny_llava
+from training.train_model import SequenceBuilder, build_pool, normalize, sample_questions, train
+
+
+def test_fast_normalisation_equals_the_processor():
+    processor = tiny_llava.build_processor(tiny_llava.build_tokenizer())
+    pool = build_pool(8, seed=1)
+    images = [spec.render(s, antialias=i % 2 == 1) for i, s in enumerate(pool.scenes)]
+    expected = processor.image_processor(images=images, return_tensors="pt").pixel_values
+    ours = normalize(torch.stack([torch.from_numpy(__import__("numpy").asarray(im)).permute(2, 0, 1)
+                                  for im in images]))
+    assert torch.allclose(ours, expected, atol=1e-6)
+
+
+def test_first_turn_equals_the_processors_prompt():
+    processor = tiny_llava.build_processor(tiny_llava.build_tokenizer())
+    builder = SequenceBuilder(processor, num_image_tokens=64)
+    scene = spec.sample_scene(random.Random(0))
+    questions = sample_questions(scene, 3, random.Random(1))
+    ids, labels = builder.conversation(questions)
+    prompt = build_prompt(processor, questions[0].question)
+    expected = processor(images=[spec.render(scene)], text=[prompt]).input_ids[0]
+    assert ids[:len(expected)] == list(expected)
+    supervised = [t for t, lab in zip(ids, labels) if lab != -100]
+    answer_ids = []
+    for q in questions:
+        answer_ids += builder.ids(q.answer) + [processor.tokenizer.eos_token_id]
+    assert supervised == answer_ids
+
+
+def test_patch_labels_name_the_object_underneath():
+    pool = build_pool(20, seed=2)
+    colors = list(spec.COLORS)
+    for i, scene in enumerate(pool.scenes):
+        for obj in scene.objects:
+            p = int(obj.cy) // 16 * 8 + int(obj.cx) // 16
+            assert pool.patch_color[i, p] == 1 + colors.index(obj.color)
+
+
+def test_a_short_training_run_saves_a_loadable_checkpoint(tmp_path):
+    from common.llava_io import answer_batch, load_llava
+
+    log = train(tmp_path, images=300, vision_minutes=0.02, max_steps=3, eval_every=2,
+                batch=4, questions_per_image=2)
+    assert log["steps"] == 3 and len(log["history"]) == 2
+    model, processor = load_llava(tmp_path)
+    answers = answer_batch(model, processor, [spec.render(build_pool(1, 5).scenes[0])],
+                           ["how many objects are there?"])
+    assert isinstance(answers[0], str)
