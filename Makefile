@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # A CPU build of this version lies on this machine's disk, so set-up needs no multi-GB download.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test dataset clean
+.PHONY: install demo test proto clean
 
 install: $(VENV)/.installed
 
@@ -25,3 +25,6 @@ test: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
+
+proto: install
+	$(PY) -m common.protogen

@@ -94,9 +94,10 @@ class CloudHalf:
         return self.encoding(mode).decode(chunks)
 
     @torch.inference_mode()
-    def answer(self, features: torch.Tensor, questions: list[str],
-               max_new_tokens: int = 8) -> list[str]:
-        """Greedy answers from features at the cut (B, T, D), one question each."""
+    def answer(self, features: torch.Tensor, questions: list[str], max_new_tokens: int = 8,
+               streamer=None) -> list[str]:
+        """Greedy answers from features at the cut (B, T, D), one question each. A transformers
+        streamer, if given, receives the new token ids as they are generated."""
         tok = self.processor.tokenizer
         image_token = self.processor.image_token
         prompts = [build_prompt(self.processor, q).replace(image_token,
@@ -106,7 +107,8 @@ class CloudHalf:
         image_features = cloud_image_features(self.model, features.to(self.model.device))
         embeds = merge_image_tokens(self.model, inputs.input_ids, image_features)
         out = self.model.generate(inputs_embeds=embeds, attention_mask=inputs.attention_mask,
-                                  max_new_tokens=max_new_tokens, do_sample=False)
+                                  max_new_tokens=max_new_tokens, do_sample=False,
+                                  streamer=streamer)
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
 
 

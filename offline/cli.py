@@ -52,6 +52,13 @@ def _train_codec(args) -> int:
     return 0
 
 
+def _bench_codec(args) -> int:
+    from benchmarks.codec_speed import main as bench
+
+    bench(repeats=args.repeats, include_7b=not args.no_7b)
+    return 0
+
+
 def _eval(args) -> int:
     from offline.evaluate import DatasetError, evaluate
 
@@ -149,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vision block whose output crosses (default: the feature layer)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
+    p = sub.add_parser("bench-codec",
+                       help="encode/decode time per image against the vision tower's")
+    p.add_argument("--repeats", type=int, default=20, help="timed repetitions (median)")
+    p.add_argument("--no-7b", action="store_true", help="skip the LLaVA-1.5-7B geometry row")
+    p.set_defaults(func=_bench_codec)
     return parser
 
 

@@ -1,0 +1,68 @@
+"""The cloud server's settings, typed, in one place. Every field is a flag
+(``--max-new-tokens``) and an environment variable (``ALIGNEDVQ_MAX_NEW_TOKENS``); a flag wins."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from pydantic import BaseModel, Field
+
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
+
+ENV_PREFIX = "ALIGNEDVQ_"
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class ServerConfig(BaseModel):
+    host: str = Field("127.0.0.1", description="address to bind; 0.0.0.0 serves all interfaces")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
+    model: str = Field(str(DEFAULT_MODEL_DIR),
+                       description="local HF LLaVA checkpoint; default: the embedded model")
+    codec: str = Field(str(DEFAULT_CODEC_DIR),
+                       description="AlignedVQ codec trained for that model; default: shipped")
+    split_layer: int | None = Field(None, description="vision block whose output crosses; "
+                                    "default: the model's feature layer (must match the codec)")
+    device: str = Field("auto", description="cpu or cuda[:N]; auto = cuda when available")
+    dtype: str = Field("float32", pattern="^(float32|float16|bfloat16)$",
+                       description="weights' dtype; float16/bfloat16 halve GPU memory for 7B")
+    max_new_tokens: int = Field(32, ge=1, le=4096,
+                                description="default and upper bound of generated tokens "
+                                "(ShapesVQA answers need 3; a VQA answer rarely 32)")
+    max_question_chars: int = Field(1000, ge=1, description="longer questions are refused")
+    max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024,
+                                   description="gRPC receive limit per message; a 336-px JPEG "
+                                   "is ~30 kB, so 8 MiB leaves room for any sane upload")
+    max_image_pixels: int = Field(40_000_000, ge=1,
+                                  description="decoded images above this are refused "
+                                  "(decompression bombs)")
+    grace_seconds: float = Field(30.0, ge=0,
+                                 description="SIGTERM waits this long for in-flight requests")
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> "ServerConfig":
+        parser = argparse.ArgumentParser(
+            prog="cloud-server",
+            description="Answers questions about images from AlignedVQ indices (or images).")
+        for name, field in cls.model_fields.items():
+            flag = "--" + name.replace("_", "-")
+            env = os.environ.get(ENV_PREFIX + name.upper())
+            parser.add_argument(flag, default=env if env is not None else field.default,
+                                help=f"{field.description} (env {ENV_PREFIX}{name.upper()}; "
+                                     f"default {field.default})")
+        values = vars(parser.parse_args(argv))
+        values = {k: v for k, v in values.items() if v is not None and v != "None"}
+        return cls(**values)
+
+    def resolved_device(self) -> str:
+        return default_device() if self.device == "auto" else self.device
+
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)

@@ -1,0 +1,186 @@
+"""The model side of the cloud server: validation, decoding and generation. Everything here
+runs on one worker thread, never on the event loop (grpc.aio's loop must keep serving health
+checks, cancellations and other clients while a request is generating)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from alignedvq.v1 import inference_pb2 as pb
+from cloud_server.config import ServerConfig
+from common.errors import Incompatible, InvalidRequest
+from common.features import PayloadError, fingerprint_bytes
+from common.pipeline import CloudHalf
+from common.split import EdgeVision
+
+ENCODING_MODES = {pb.FEATURE_ENCODING_ALIGNEDVQ: "alignedvq", pb.FEATURE_ENCODING_FP16: "fp16",
+                  pb.FEATURE_ENCODING_INT8: "int8"}
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: int
+    generate_ms: float
+
+
+class TokenStreamer:
+    """A transformers streamer that hands each new token's text to the event loop."""
+
+    def __init__(self, tokenizer, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
+        self.tokenizer, self.loop, self.queue = tokenizer, loop, queue
+        self.ids: list[int] = []
+        self.sent = ""
+        self.prompt_seen = False
+        self.cancelled = threading.Event()
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate() first hands over the prompt
+            self.prompt_seen = True
+            return
+        if self.cancelled.is_set():
+            raise asyncio.CancelledError("client went away")
+        self.ids += value.flatten().tolist()
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        # Leading spaces of the first piece are dropped, as the final answer strips them.
+        text = text.lstrip()
+        if len(text) > len(self.sent) and not text.endswith("\ufffd"):
+            delta, self.sent = text[len(self.sent):], text
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, delta)
+
+    def end(self) -> None:
+        pass
+
+
+class Engine:
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.cloud: CloudHalf | None = None
+        self.vision: EdgeVision | None = None
+
+    # -- loading --------------------------------------------------------------
+    def load(self) -> None:
+        from transformers import AutoImageProcessor
+
+        device, dtype = self.config.resolved_device(), self.config.torch_dtype()
+        self.cloud = CloudHalf(self.config.model, self.config.codec, self.config.split_layer,
+                               device, dtype)
+        # The cloud-only baseline runs the blocks before the cut here as well.
+        self.vision = EdgeVision.from_pretrained(self.config.model, self.config.split_layer,
+                                                 device, dtype)
+        self.image_processor = AutoImageProcessor.from_pretrained(self.config.model,
+                                                                  local_files_only=True)
+        self.model_id = self.cloud.model.config.name_or_path.rstrip("/").split("/")[-1] or \
+            self.config.model
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        size = self.cloud.model.config.vision_config.image_size
+        feats = self.vision(torch.zeros(1, 3, size, size))
+        self.cloud.answer(feats, ["warm up"], max_new_tokens=2)
+
+    def info(self) -> pb.GetServerInfoResponse:
+        c = self.cloud
+        codec = c.codec.config if c.codec else None
+        return pb.GetServerInfoResponse(
+            model_id=self.model_id, vision_fingerprint=fingerprint_bytes(c.vision_fingerprint),
+            codec_fingerprint=fingerprint_bytes(c.codec_fingerprint) if c.codec else b"",
+            split_layer=c.split.split_layer, codebook_size=codec.codebook_size if codec else 0,
+            bits=codec.bits if codec else 0, stages=codec.stages if codec else 0,
+            tokens=c.tokens, image_size=c.model.config.vision_config.image_size,
+            max_question_chars=self.config.max_question_chars,
+            max_new_tokens=self.config.max_new_tokens,
+            max_message_bytes=self.config.max_message_bytes)
+
+    # -- validation (cheap; runs on the loop before any model work) -------------
+    def check_question(self, question: str) -> None:
+        if not question.strip():
+            raise InvalidRequest("the question is empty; send a non-empty UTF-8 question")
+        if len(question) > self.config.max_question_chars:
+            raise InvalidRequest(f"the question has {len(question)} characters; at most "
+                                 f"{self.config.max_question_chars} are accepted")
+
+    def max_new_tokens(self, params: pb.GenerationParams) -> int:
+        asked = params.max_new_tokens
+        if asked > self.config.max_new_tokens:
+            raise InvalidRequest(f"max_new_tokens {asked} is over this server's limit of "
+                                 f"{self.config.max_new_tokens}")
+        return asked or self.config.max_new_tokens
+
+    def check_header(self, header: pb.CodesHeader) -> str:
+        """Returns the feature mode; refuses anything this server cannot decode."""
+        c = self.cloud
+        if header.vision_fingerprint != fingerprint_bytes(c.vision_fingerprint):
+            raise Incompatible(f"the request was encoded by vision weights "
+                               f"{header.vision_fingerprint.hex() or '(none)'}, this server runs "
+                               f"{c.vision_fingerprint[:16]} (model {self.model_id}, split layer "
+                               f"{c.split.split_layer})")
+        mode = ENCODING_MODES.get(header.encoding)
+        if mode is None:
+            raise InvalidRequest(f"unknown feature encoding {header.encoding}; expected one of "
+                                 f"{sorted(ENCODING_MODES)}")
+        if header.tokens != c.tokens:
+            raise InvalidRequest(f"header says {header.tokens} tokens; this model's split sends "
+                                 f"{c.tokens}")
+        if mode == "alignedvq":
+            if c.codec is None:
+                raise Incompatible("this server runs without a codec; send fp16/int8 features "
+                                   "or an image")
+            if header.codec_fingerprint != fingerprint_bytes(c.codec_fingerprint):
+                raise Incompatible(f"the request was encoded with codec "
+                                   f"{header.codec_fingerprint.hex() or '(none)'}, this server "
+                                   f"decodes codec {c.codec_fingerprint}")
+            cfg = c.codec.config
+            if (header.bits, header.stages) != (cfg.bits, cfg.stages):
+                raise InvalidRequest(f"header says {header.bits} bits x {header.stages} stages; "
+                                     f"the codec uses {cfg.bits} bits x {cfg.stages} stages")
+        self.check_question(header.question)
+        self.max_new_tokens(header.generation)
+        return mode
+
+    # -- model work (worker thread) ---------------------------------------------
+    def decode(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
+        try:
+            return self.cloud.decode(mode, chunks)[None]
+        except PayloadError as e:
+            raise InvalidRequest(str(e)) from None
+
+    def image_features(self, data: bytes) -> torch.Tensor:
+        if not data:
+            raise InvalidRequest("the image is empty; send JPEG or PNG bytes")
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.width * im.height > self.config.max_image_pixels:
+                    raise InvalidRequest(f"the image has {im.width}x{im.height} pixels; at most "
+                                         f"{self.config.max_image_pixels} are accepted")
+                from PIL import ImageOps
+
+                image = ImageOps.exif_transpose(im).convert("RGB")
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
+            if isinstance(e, InvalidRequest):
+                raise
+            raise InvalidRequest(f"the image could not be decoded ({e}); send JPEG or PNG "
+                                 "bytes") from None
+        pixels = self.image_processor(images=[image], return_tensors="pt").pixel_values
+        return self.vision(pixels.to(self.cloud.model.device))
+
+    def generate(self, features: torch.Tensor, question: str, max_new_tokens: int,
+                 streamer: TokenStreamer) -> Generation:
+        t0 = time.perf_counter()
+        try:
+            text = self.cloud.answer(features, [question], max_new_tokens, streamer)[0]
+        except asyncio.CancelledError:
+            text = streamer.sent
+        return Generation(text, len(streamer.ids), (time.perf_counter() - t0) * 1000)
+
+    async def run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

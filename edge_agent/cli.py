@@ -1,0 +1,104 @@
+"""``edge-agent``: ask the cloud server a question about an image.
+
+``--mode alignedvq`` (default) runs the vision tower and the codec here and sends only packed
+codebook indices; ``--mode image`` uploads the image as JPEG (the cloud-only baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from pathlib import Path
+
+import grpc
+
+from alignedvq.v1 import inference_pb2 as pb
+from alignedvq.v1 import inference_pb2_grpc as pb_grpc
+from common.llava_io import open_image
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
+from edge_agent.client import (IncompatibleServer, ask_with_codes, ask_with_image, channel,
+                               check_compatible)
+
+METHODS = {"alignedvq": "/alignedvq.v1.InferenceService/AnswerFromCodes",
+           "fp16": "/alignedvq.v1.InferenceService/AnswerFromCodes",
+           "int8": "/alignedvq.v1.InferenceService/AnswerFromCodes",
+           "image": "/alignedvq.v1.InferenceService/AnswerFromImage"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-agent", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image", required=True, help="any image PIL opens (JPEG, PNG, ...)")
+    p.add_argument("--question", required=True, help="the question, in the model's language")
+    p.add_argument("--server", default="127.0.0.1:50051", help="cloud server HOST:PORT")
+    p.add_argument("--mode", choices=["alignedvq", "image", "fp16", "int8"],
+                   default="alignedvq",
+                   help="alignedvq: send codebook indices (default); image: upload a JPEG; "
+                        "fp16/int8: send raw split features (baselines)")
+    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
+                   help="local checkpoint; the edge reads only its vision weights")
+    p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR), help="AlignedVQ codec folder")
+    p.add_argument("--split-layer", type=int, help="must match the server's (GetServerInfo)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the vision tower")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--jpeg-quality", type=int, default=90,
+                   help="--mode image: JPEG quality (90 is the paper's baseline)")
+    p.add_argument("--max-new-tokens", type=int, default=0, help="0 = the server's default")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    p.add_argument("--dump-payload", metavar="FILE",
+                   help="write the serialised request messages (JSON, base64) for replay by "
+                        "clients in other languages")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        image = open_image(args.image)
+    except (OSError, ValueError) as e:
+        print(f"edge-agent: cannot open image {args.image}: {e}", file=sys.stderr)
+        return 2
+    stub = pb_grpc.InferenceServiceStub(channel(args.server))
+    try:
+        info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=args.timeout,
+                                  wait_for_ready=True)
+        stream = (lambda t: None) if args.json else (lambda t: print(t, end="", flush=True))
+        if args.mode == "image":
+            result = ask_with_image(stub, image, args.question, info.image_size,
+                                    args.jpeg_quality, args.max_new_tokens, stream, args.timeout)
+        else:
+            import torch
+
+            from common.pipeline import EdgeHalf
+
+            edge = EdgeHalf(args.model, args.codec if args.mode == "alignedvq" else None,
+                            args.mode, args.split_layer, args.device,
+                            getattr(torch, args.dtype))
+            edge.mode = args.mode
+            check_compatible(info, edge)
+            result = ask_with_codes(stub, edge, image, args.question, args.max_new_tokens,
+                                    stream, args.timeout)
+    except IncompatibleServer as e:
+        print(f"edge-agent: incompatible server: {e}", file=sys.stderr)
+        return 3
+    except grpc.RpcError as e:
+        print(f"edge-agent: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    if args.dump_payload:
+        Path(args.dump_payload).write_text(json.dumps({
+            "method": METHODS[args.mode],
+            "messages_base64": [base64.b64encode(m).decode() for m in result.messages]}))
+    if args.json:
+        print(json.dumps(result.as_json()))
+    else:
+        print(f"\n[{result.mode}: {result.payload_bytes} B sent, edge {result.edge_ms:.0f} ms, "
+              f"network {result.network_ms:.0f} ms, cloud {result.cloud_ms:.0f} ms, "
+              f"total {result.total_ms:.0f} ms]", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

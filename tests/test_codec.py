@@ -1,0 +1,118 @@
+"""AlignedVQ: the decoder inverts exactly what the encoder quantised, payloads round-trip
+through serialised messages, sizes are counted, mismatches are refused."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from alignedvq.v1 import inference_pb2 as pb
+from common.codec import AlignedVQ, CodecConfig, CodecMismatchError
+from common.features import (AlignedVQEncoding, Fp16Encoding, Int8Encoding, PayloadError,
+                             request_messages, wire_bytes)
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
+from common.shapes_vqa import write_dataset
+from common.split import SplitPoint, vision_fingerprint
+from conftest import cli
+
+
+def small_codec(bits=6, stages=2, dim=16, tokens=10):
+    torch.manual_seed(0)
+    return AlignedVQ(CodecConfig(feature_dim=dim, code_dim=4, bits=bits, stages=stages,
+                                 tokens=tokens, split_layer=1,
+                                 vision_fingerprint="00" * 8)).eval()
+
+
+def test_decode_of_encode_is_the_quantised_features():
+    codec = small_codec()
+    x = torch.randn(3, 10, 16) * 5 + 2
+    with torch.no_grad():
+        _, q = codec.quantize(codec.project(x))
+        expected = codec.reconstruct(q)
+        straight_through, _, _ = codec(x)
+    torch.testing.assert_close(codec.decode(codec.encode(x)), expected)
+    torch.testing.assert_close(straight_through, expected)
+
+
+def test_payload_round_trips_through_serialised_messages():
+    codec = small_codec()
+    enc = AlignedVQEncoding(codec)
+    x = torch.randn(10, 16)
+    chunks = enc.encode(x)
+    wire = [m.SerializeToString() for m in request_messages(enc, chunks, "ab" * 8, "cd" * 8)]
+    received = [pb.AnswerFromCodesRequest.FromString(w) for w in wire]
+    assert received[0].header.bits == 6 and received[0].header.stages == 2
+    decoded = enc.decode([m.chunk.packed_indices for m in received[1:]])
+    torch.testing.assert_close(decoded, codec.decode(codec.encode(x[None]))[0])
+
+
+def test_baseline_encodings_round_trip_within_their_precision():
+    x = torch.randn(10, 16) * 3
+    torch.testing.assert_close(Fp16Encoding(10, 16).decode(Fp16Encoding(10, 16).encode(x)), x,
+                               rtol=1e-3, atol=1e-2)
+    int8 = Int8Encoding(10, 16)
+    err = (int8.decode(int8.encode(x)) - x).abs().max() / x.abs().max()
+    assert err < 0.01
+
+
+def test_malformed_chunks_are_refused():
+    enc = AlignedVQEncoding(small_codec())
+    good = enc.encode(torch.randn(10, 16))
+    with pytest.raises(PayloadError, match="expected 2 chunk"):
+        enc.decode(good[:1])
+    with pytest.raises(PayloadError, match="holds 9 bytes, expected 8"):
+        enc.decode([good[0] + b"\0", good[1]])
+    with pytest.raises(PayloadError, match="NaN"):
+        Fp16Encoding(1, 2).decode([b"\x00\x7e\x00\x00"])
+
+
+def test_save_load_and_fingerprint_mismatch_is_refused(tmp_path):
+    codec = small_codec()
+    codec.save(tmp_path)
+    loaded = AlignedVQ.load(tmp_path, expect_fingerprint="00" * 8)
+    assert loaded.fingerprint() == codec.fingerprint()
+    with pytest.raises(CodecMismatchError, match="0000000000000000.*but the model has ffff"):
+        AlignedVQ.load(tmp_path, expect_fingerprint="ffff" * 4)
+    with pytest.raises(CodecMismatchError, match="split layer 1.*at layer 3"):
+        AlignedVQ.load(tmp_path, expect_split_layer=3)
+
+
+def test_shipped_codec_matches_the_shipped_model():
+    meta = json.loads((DEFAULT_CODEC_DIR / "codec.json").read_text())
+    from transformers import AutoConfig
+
+    split = SplitPoint.from_config(AutoConfig.from_pretrained(DEFAULT_MODEL_DIR),
+                                   meta["split_layer"])
+    assert meta["vision_fingerprint"] == vision_fingerprint(DEFAULT_MODEL_DIR, split)
+    assert meta["bits"] == 12 and meta["codebook_size"] == 4096
+
+
+def test_eval_alignedvq_payload_budget_and_accuracy(tmp_path):
+    path = write_dataset(tmp_path, 60, seed=2, progress=False)
+    results = {}
+    for mode in ("original", "alignedvq"):
+        out = subprocess.run(cli("alignedvq") + ["eval", "--dataset", str(path), "--mode", mode,
+                                                 "--json"],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        results[mode] = json.loads(out.stdout)
+    vq = results["alignedvq"]
+    assert vq["payload_bytes_mean"] <= 1.6 * vq["image_tokens"] + 64
+    assert vq["compression_ratio_vs_fp16"] > 100
+    assert vq["accuracy"] >= results["original"]["accuracy"] - 0.05, results
+
+
+def test_eval_refuses_a_codec_for_another_model(tmp_path):
+    codec_dir = tmp_path / "codec"
+    shutil.copytree(DEFAULT_CODEC_DIR, codec_dir)
+    meta = json.loads((codec_dir / "codec.json").read_text())
+    meta["vision_fingerprint"] = "0123456789abcdef"
+    (codec_dir / "codec.json").write_text(json.dumps(meta))
+    data = write_dataset(tmp_path / "data", 2, seed=2, progress=False)
+    out = subprocess.run(cli("alignedvq") + ["eval", "--dataset", str(data), "--mode",
+                                             "alignedvq", "--codec", str(codec_dir)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "0123456789abcdef" in out.stderr and "but the model has" in out.stderr

@@ -1,0 +1,71 @@
+"""The split: the edge half holds only vision weights, and with features passed through
+unchanged, edge + cloud compute exactly what the monolithic model computes."""
+
+import pytest
+import torch
+
+from common.llava_io import build_prompt, load_llava, open_image
+from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
+from common.pipeline import CloudHalf, EdgeHalf
+from common.split import SplitError, SplitPoint, cloud_image_features, merge_image_tokens
+
+IMAGES = ["sample0.png", "sample1.png", "sample3.jpg"]
+QUESTIONS = ["what shape is the purple object?", "where is the green object?",
+             "how many objects are there?"]
+
+
+def monolithic_logits(images, questions):
+    model, processor = load_llava(DEFAULT_MODEL_DIR)
+    inputs = processor(images=images, text=[build_prompt(processor, q) for q in questions],
+                       padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(**inputs).logits, inputs
+
+
+@pytest.mark.parametrize("split_layer", [None, 2, 0])
+def test_identity_codec_equals_the_monolithic_model(split_layer):
+    images = [open_image(SAMPLES_DIR / "images" / name) for name in IMAGES]
+    expected, inputs = monolithic_logits(images, QUESTIONS)
+    edge = EdgeHalf(DEFAULT_MODEL_DIR, mode="fp16", split_layer=split_layer)
+    cloud = CloudHalf(DEFAULT_MODEL_DIR, split_layer=split_layer)
+    features = edge.features(images)  # identity: what the edge computed is what the cloud gets
+    with torch.no_grad():
+        embeds = merge_image_tokens(cloud.model, inputs.input_ids,
+                                    cloud_image_features(cloud.model, features))
+        logits = cloud.model(inputs_embeds=embeds, attention_mask=inputs.attention_mask).logits
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_cls_crosses_only_when_the_cloud_needs_it():
+    edge_default = EdgeHalf(DEFAULT_MODEL_DIR, mode="fp16")
+    edge_early = EdgeHalf(DEFAULT_MODEL_DIR, mode="fp16", split_layer=2)
+    grid = (edge_default.vision.config.vision_config.image_size
+            // edge_default.vision.config.vision_config.patch_size) ** 2
+    assert edge_default.tokens == grid
+    assert edge_early.tokens == grid + 1
+
+
+def test_edge_holds_no_language_model_parameters():
+    edge = EdgeHalf(DEFAULT_MODEL_DIR, mode="fp16", split_layer=2)
+    names = list(edge.vision.state_dict())
+    assert names and all(n.startswith(("embeddings.", "pre_layrnorm.", "layers.")) for n in names)
+    assert not any("language_model" in n or "lm_head" in n or "projector" in n for n in names)
+    assert len(edge.vision.layers) == 2
+    full, _ = load_llava(DEFAULT_MODEL_DIR)
+    lm_params = sum(p.numel() for p in full.model.language_model.parameters())
+    edge_params = sum(p.numel() for p in edge.vision.parameters())
+    vision_params = sum(p.numel() for p in full.model.vision_tower.parameters())
+    assert edge_params < vision_params < lm_params
+
+
+def test_cloud_drops_the_vision_blocks_before_the_cut():
+    cloud = CloudHalf(DEFAULT_MODEL_DIR, split_layer=2)
+    assert cloud.model.model.vision_tower is None
+    layers = cloud.model.config.vision_config.num_hidden_layers
+    assert len(cloud.model.cloud_vision_layers) == layers - 2
+
+
+def test_split_layer_bounds():
+    model, _ = load_llava(DEFAULT_MODEL_DIR)
+    with pytest.raises(SplitError, match="between 0 and the feature layer"):
+        SplitPoint.from_config(model.config, 99)
