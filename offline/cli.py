@@ -29,7 +29,8 @@ def _train_model(args) -> int:
                 vision_minutes=args.vision_minutes, max_steps=args.max_steps,
                 max_minutes=args.max_minutes, batch=args.batch,
                 questions_per_image=args.questions_per_image, lr=args.lr,
-                target_accuracy=args.target_accuracy)
+                target_accuracy=args.target_accuracy,
+                init_from=Path(args.init_from) if args.init_from else None)
     last = log["history"][-1] if log["history"] else {}
     print(f"saved to {args.out}: {log['steps']} steps in {log['total_minutes']:.1f} min, "
           f"held-out answer accuracy {last.get('held_out_answer_accuracy', float('nan')):.3f}")
@@ -116,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
     p.add_argument("--target-accuracy", type=float, default=0.995,
                    help="stop once held-out teacher-forced answer accuracy reaches this")
+    p.add_argument("--init-from", help="continue stage 2 from a checkpoint this command wrote")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=_train_model)
 

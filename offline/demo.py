@@ -1,35 +1,56 @@
-"""``make demo``: the embedded model answers questions about the shipped sample images.
+"""``make demo``: the main job, end to end, on the embedded model.
 
-Runs the whole LLaVA in one process; the edge/cloud service replaces this once it exists.
+Starts a real ``cloud-server``, asks questions about the shipped sample images through the
+edge client in both modes (AlignedVQ indices, and the cloud-only JPEG-90 upload), prints the
+answers and the bytes each mode sent, and stops the server.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 
+from alignedvq.v1 import inference_pb2 as pb
+from alignedvq.v1 import inference_pb2_grpc as pb_grpc
+from cloud_server.launch import ServerProcess
 from common.answers import is_correct
-from common.llava_io import answer_batch, load_llava, open_image
-from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
+from common.llava_io import open_image
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
+from common.pipeline import EdgeHalf
+from edge_agent.client import ask_with_codes, ask_with_image, channel, check_compatible
 
 
 def main() -> int:
     rows = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text().splitlines()]
-    t0 = time.monotonic()
-    model, processor = load_llava(DEFAULT_MODEL_DIR)
-    print(f"loaded the embedded model from {DEFAULT_MODEL_DIR} in {time.monotonic() - t0:.1f} s")
-    images = [open_image(SAMPLES_DIR / r["image"]) for r in rows]
-    t0 = time.monotonic()
-    answers = answer_batch(model, processor, images, [r["question"] for r in rows])
-    elapsed = time.monotonic() - t0
-    right = 0
-    for row, answer in zip(rows, answers):
-        ok = is_correct(answer, row["answer"])
-        right += ok
-        print(f"  {row['image']:<22} {row['question']:<36} -> {answer:<14} "
-              f"({'right' if ok else 'expected ' + row['answer']})")
-    print(f"{right}/{len(rows)} right, {elapsed * 1000 / len(rows):.0f} ms per question on CPU")
+    print("starting cloud-server on the embedded model ...", flush=True)
+    with ServerProcess() as server:
+        server.wait_ready()
+        stub = pb_grpc.InferenceServiceStub(channel(server.address))
+        info = stub.GetServerInfo(pb.GetServerInfoRequest())
+        print(f"server {server.address}: model {info.model_id}, {info.tokens} image tokens, "
+              f"K={info.codebook_size} ({info.bits} bits) x {info.stages} stage(s)\n")
+        edge = EdgeHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR, "alignedvq")
+        edge.mode = "alignedvq"
+        check_compatible(info, edge)
+        totals = {"alignedvq": [0, 0], "image": [0, 0]}
+        print(f"{'image':<12} {'question':<34} {'expected':<11} {'alignedvq':<20} "
+              f"{'image (JPEG-90)':<20}")
+        for row in rows:
+            image = open_image(SAMPLES_DIR / row["image"])
+            vq = ask_with_codes(stub, edge, image, row["question"])
+            jpeg = ask_with_image(stub, image, row["question"], info.image_size, 90)
+            for r in (vq, jpeg):
+                totals[r.mode][0] += r.payload_bytes
+                totals[r.mode][1] += is_correct(r.answer, row["answer"])
+            print(f"{row['image'].split('/')[-1]:<12} {row['question']:<34} {row['answer']:<11} "
+                  f"{vq.answer + f' ({vq.payload_bytes} B)':<20} "
+                  f"{jpeg.answer + f' ({jpeg.payload_bytes} B)':<20}")
+        n = len(rows)
+        vq_bytes, jpeg_bytes = totals["alignedvq"][0] / n, totals["image"][0] / n
+        print(f"\nalignedvq: {totals['alignedvq'][1]}/{n} right, {vq_bytes:.0f} B per request")
+        print(f"image:     {totals['image'][1]}/{n} right, {jpeg_bytes:.0f} B per request")
+        print(f"the split path sent {jpeg_bytes / vq_bytes:.1f}x fewer bytes than the JPEG upload")
+        print("stopping cloud-server")
     return 0
 
 

@@ -195,21 +195,31 @@ def answer_accuracy(model, pool: ImagePool, builder: SequenceBuilder, idx, quest
 def train(out: Path, seed: int = 0, images: int = 20000, vision_minutes: float = 4.0,
           max_steps: int = 6000, max_minutes: float = 60.0, batch: int = 32,
           questions_per_image: int = 8, lr: float = 1e-3, target_accuracy: float = 0.995,
-          eval_every: int = 200) -> dict:
+          eval_every: int = 200, init_from: Path | None = None) -> dict:
+    """``init_from`` continues from a checkpoint this function saved: stage 1 is skipped (its
+    vision tower is already pre-trained) and stage 2 goes on with a fresh schedule."""
     torch.manual_seed(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = tiny_llava.build_tokenizer()
     processor = tiny_llava.build_processor(tokenizer)
-    model = tiny_llava.build_model(tokenizer, seed=seed)
+    if init_from is not None:
+        from transformers import LlavaForConditionalGeneration
+
+        model = LlavaForConditionalGeneration.from_pretrained(init_from)
+    else:
+        model = tiny_llava.build_model(tokenizer, seed=seed)
     pool = build_pool(images, seed=seed)
     log: dict = {"seed": seed, "images": images, "batch": batch,
-                 "questions_per_image": questions_per_image, "lr": lr}
+                 "questions_per_image": questions_per_image, "lr": lr,
+                 "init_from": str(init_from) if init_from else None}
 
     t0 = time.monotonic()
-    log["vision_patch_accuracy"] = pretrain_vision(model, pool, vision_minutes, 64, seed)
+    if init_from is None:
+        log["vision_patch_accuracy"] = pretrain_vision(model, pool, vision_minutes, 64, seed)
+        tqdm.write(f"stage 1 done: per-patch colour+shape accuracy "
+                   f"{log['vision_patch_accuracy']:.3f}")
     log["vision_minutes"] = (time.monotonic() - t0) / 60
-    tqdm.write(f"stage 1 done: per-patch colour+shape accuracy {log['vision_patch_accuracy']:.3f}")
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
 

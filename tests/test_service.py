@@ -1,0 +1,248 @@
+"""The real cloud-server and edge-agent processes on loopback."""
+
+import json
+import subprocess
+import threading
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from alignedvq.v1 import inference_pb2 as pb
+from alignedvq.v1 import inference_pb2_grpc as pb_grpc
+from cloud_server.launch import ServerProcess
+from common.llava_io import answer_batch, load_llava, open_image
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
+from common.pipeline import CloudHalf, EdgeHalf
+from conftest import cli
+from edge_agent.client import jpeg_upload
+
+ROWS = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ServerProcess() as s:
+        s.wait_ready()
+        yield s
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    return pb_grpc.InferenceServiceStub(grpc.insecure_channel(server.address))
+
+
+def edge_agent(server, *args, timeout=180):
+    return subprocess.run(cli("edge-agent") + ["--server", server.address, *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_still_serves(stub):
+    header = valid_messages()[0]
+    responses = list(stub.AnswerFromCodes(iter(valid_messages())))
+    assert responses[-1].summary.answer, header
+
+
+_EDGE = {}
+
+
+def edge_half(mode="alignedvq"):
+    if mode not in _EDGE:
+        _EDGE[mode] = EdgeHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR, mode)
+    return _EDGE[mode]
+
+
+def valid_messages(question="how many objects are there?", image="sample2.png"):
+    edge = edge_half()
+    chunks = edge.chunks([open_image(SAMPLES_DIR / "images" / image)])[0]
+    return edge.messages(chunks, question)
+
+
+def test_health_goes_from_not_serving_to_serving():
+    with ServerProcess() as s:
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(s.address))
+        seen = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            status = health.Check(health_pb2.HealthCheckRequest(service="")).status
+            if not seen or seen[-1] != status:
+                seen.append(status)
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                break
+            time.sleep(0.02)
+        assert seen == [health_pb2.HealthCheckResponse.NOT_SERVING,
+                        health_pb2.HealthCheckResponse.SERVING]
+        named = health.Check(health_pb2.HealthCheckRequest(
+            service="alignedvq.v1.InferenceService")).status
+        assert named == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_server_info(stub):
+    info = stub.GetServerInfo(pb.GetServerInfoRequest())
+    edge = edge_half()
+    assert info.vision_fingerprint.hex() == edge.vision.fingerprint[:16]
+    assert info.codec_fingerprint.hex() == edge.codec_fingerprint[:16]
+    assert (info.bits, info.codebook_size, info.tokens) == (12, 4096, edge.tokens)
+
+
+def test_split_path_answers_equal_the_in_process_pipeline(server):
+    edge = edge_half()
+    cloud = CloudHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR)
+    for row in ROWS:
+        image = open_image(SAMPLES_DIR / row["image"])
+        expected = cloud.answer(cloud.decode("alignedvq", edge.chunks([image])[0])[None],
+                                [row["question"]])[0]
+        out = edge_agent(server, "--image", str(SAMPLES_DIR / row["image"]),
+                         "--question", row["question"], "--json")
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout)
+        assert result["answer"] == expected
+        assert result["mode"] == "alignedvq"
+        for key in ("payload_bytes", "edge_ms", "network_ms", "cloud_ms", "total_ms"):
+            assert result[key] >= 0, key
+        assert result["payload_bytes"] == result["server_payload_bytes"]
+
+
+def test_image_mode_answers_equal_the_monolithic_model_on_the_same_jpeg(server, tmp_path):
+    model, processor = load_llava(DEFAULT_MODEL_DIR)
+    size = model.config.vision_config.image_size
+    for row in ROWS[:4]:
+        image = open_image(SAMPLES_DIR / row["image"])
+        jpeg = tmp_path / "upload.jpg"
+        jpeg.write_bytes(jpeg_upload(image, size, 90))
+        expected = answer_batch(model, processor, [open_image(jpeg)], [row["question"]])[0]
+        out = edge_agent(server, "--image", str(SAMPLES_DIR / row["image"]), "--question",
+                         row["question"], "--mode", "image", "--json")
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout)
+        assert result["mode"] == "image" and result["answer"] == expected
+
+
+def test_split_path_sends_ten_times_fewer_bytes_and_agrees_with_cloud_only(server, tmp_path):
+    agree, vq_bytes, jpeg_bytes = 0, 0, 0
+    for row in ROWS:
+        args = ["--image", str(SAMPLES_DIR / row["image"]), "--question", row["question"],
+                "--json"]
+        vq = json.loads(edge_agent(server, *args).stdout)
+        jpeg = json.loads(edge_agent(server, *args, "--mode", "image").stdout)
+        agree += vq["answer"] == jpeg["answer"]
+        vq_bytes += vq["payload_bytes"]
+        jpeg_bytes += jpeg["payload_bytes"]
+    assert jpeg_bytes >= 10 * vq_bytes, (vq_bytes, jpeg_bytes)
+    assert agree >= len(ROWS) - 1
+
+
+def test_plain_output_streams_the_answer(server):
+    args = ["--image", str(SAMPLES_DIR / "images/sample2.png"),
+            "--question", "how many objects are there?"]
+    out = edge_agent(server, *args)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == json.loads(edge_agent(server, *args, "--json").stdout)["answer"]
+    assert "B sent" in out.stderr
+
+
+def test_dump_payload_replays_to_the_same_answer(server, stub, tmp_path):
+    import base64
+
+    dump = tmp_path / "payload.json"
+    out = edge_agent(server, "--image", str(SAMPLES_DIR / "images/sample0.png"), "--question",
+                     "what color is the triangle?", "--json", "--dump-payload", str(dump))
+    assert out.returncode == 0, out.stderr
+    saved = json.loads(dump.read_text())
+    assert saved["method"] == "/alignedvq.v1.InferenceService/AnswerFromCodes"
+    messages = [pb.AnswerFromCodesRequest.FromString(base64.b64decode(m))
+                for m in saved["messages_base64"]]
+    assert sum(m.ByteSize() for m in messages) == json.loads(out.stdout)["payload_bytes"]
+    replayed = list(stub.AnswerFromCodes(iter(messages)))
+    assert replayed[-1].summary.answer == json.loads(out.stdout)["answer"]
+
+
+def test_mismatched_codec_is_refused_before_inference(server, stub):
+    messages = valid_messages()
+    messages[0].header.codec_fingerprint = bytes(8)
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.AnswerFromCodes(iter(messages)))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "codec 0000000000000000" in err.value.details()
+    assert_still_serves(stub)
+
+
+def test_mismatched_codec_is_refused_at_the_edge_too(server, tmp_path):
+    import shutil
+
+    codec = tmp_path / "codec"
+    shutil.copytree(DEFAULT_CODEC_DIR, codec)
+    from common.codec import AlignedVQ
+
+    c = AlignedVQ.load(codec)
+    with __import__("torch").no_grad():
+        c.codebooks[0, 0] += 1.0
+    c.save(codec)
+    out = edge_agent(server, "--image", str(SAMPLES_DIR / "images/sample0.png"), "--question",
+                     "how many objects are there?", "--codec", str(codec))
+    assert out.returncode == 3
+    assert "incompatible server" in out.stderr
+
+
+def test_any_image_pil_opens(server, tmp_path):
+    from PIL import Image
+
+    src = Image.open(SAMPLES_DIR / "images/sample2.png")
+    variants = {"gray.png": src.convert("L"), "alpha.png": src.convert("RGBA"),
+                "photo.jpg": src, "palette.gif": src.convert("P")}
+    for name, im in variants.items():
+        im.save(tmp_path / name)
+    rotated = src.rotate(90, expand=True)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": the viewer undoes our rotation
+    rotated.save(tmp_path / "exif.jpg", exif=exif, quality=95)
+    for name in list(variants) + ["exif.jpg"]:
+        out = edge_agent(server, "--image", str(tmp_path / name), "--question",
+                         "how many objects are there?", "--json")
+        assert out.returncode == 0, (name, out.stderr)
+        assert json.loads(out.stdout)["answer"], name
+    exif_answer = json.loads(edge_agent(server, "--image", str(tmp_path / "exif.jpg"),
+                                        "--question", "where is the red object?",
+                                        "--json").stdout)["answer"]
+    plain_answer = json.loads(edge_agent(server, "--image", str(SAMPLES_DIR / "images/sample2.png"),
+                                         "--question", "where is the red object?",
+                                         "--json").stdout)["answer"]
+    assert exif_answer == plain_answer
+
+
+def test_sigterm_lets_in_flight_requests_finish_and_refuses_new_ones():
+    with ServerProcess() as s:
+        s.wait_ready()
+        stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(s.address))
+        expected = list(stub.AnswerFromCodes(iter(valid_messages())))[-1].summary.answer
+        header, *chunks = valid_messages()
+        release = threading.Event()
+        results, errors = [], []
+
+        def in_flight():
+            def requests():
+                yield header
+                release.wait(30)   # the RPC is open on the server while SIGTERM arrives
+                yield from chunks
+            try:
+                results.append(list(stub.AnswerFromCodes(requests()))[-1].summary.answer)
+            except grpc.RpcError as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=in_flight) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        s.proc.send_signal(__import__("signal").SIGTERM)
+        time.sleep(1.0)
+        with pytest.raises(grpc.RpcError) as refused:
+            list(pb_grpc.InferenceServiceStub(grpc.insecure_channel(s.address)).AnswerFromCodes(
+                iter(valid_messages()), timeout=10))
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        release.set()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        assert results == [expected] * 4
+        assert s.proc.wait(60) == 0
