@@ -22,18 +22,21 @@ def _dataset(args) -> int:
 def _train_model(args) -> int:
     import torch
 
-    from training.train_model import train
+    from training.train_model import RECIPE, Phase, train
 
     torch.set_num_threads(args.threads)
+    frozen, end_to_end = RECIPE
+    phases = (Phase(**{**frozen.__dict__, "stop_step": args.frozen_steps}),
+              Phase(**{**end_to_end.__dict__, "schedule_steps": args.end_to_end_steps,
+                       "stop_step": args.end_to_end_steps}))
     log = train(Path(args.out), seed=args.seed, images=args.images,
-                vision_minutes=args.vision_minutes, max_steps=args.max_steps,
+                vision_minutes=args.vision_minutes, phases=phases,
                 max_minutes=args.max_minutes, batch=args.batch,
-                questions_per_image=args.questions_per_image, lr=args.lr,
-                target_accuracy=args.target_accuracy,
-                init_from=Path(args.init_from) if args.init_from else None)
+                questions_per_image=args.questions_per_image,
+                target_accuracy=args.target_accuracy)
     last = log["history"][-1] if log["history"] else {}
-    print(f"saved to {args.out}: {log['steps']} steps in {log['total_minutes']:.1f} min, "
-          f"held-out answer accuracy {last.get('held_out_answer_accuracy', float('nan')):.3f}")
+    print(f"saved to {args.out} in {log['total_minutes']:.1f} min, held-out answer accuracy "
+          f"{last.get('held_out_answer_accuracy', float('nan')):.3f}")
     return 0
 
 
@@ -109,15 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=20000, help="pre-rendered training images")
     p.add_argument("--vision-minutes", type=float, default=4.0,
                    help="stage 1 (dense per-patch pre-training) wall time; ~95%% per patch in 4")
-    p.add_argument("--max-steps", type=int, default=6000, help="stage 2 step budget")
-    p.add_argument("--max-minutes", type=float, default=75.0, help="total wall-time budget")
+    p.add_argument("--frozen-steps", type=int, default=4000,
+                   help="stage 2a: steps with the vision tower frozen (cosine planned over 6000)")
+    p.add_argument("--end-to-end-steps", type=int, default=2400,
+                   help="stage 2b: steps training everything at half the learning rate")
+    p.add_argument("--max-minutes", type=float, default=90.0, help="total wall-time budget")
     p.add_argument("--batch", type=int, default=32, help="images per step")
     p.add_argument("--questions-per-image", type=int, default=8,
                    help="turns per multi-turn training sequence")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
     p.add_argument("--target-accuracy", type=float, default=0.995,
                    help="stop once held-out teacher-forced answer accuracy reaches this")
-    p.add_argument("--init-from", help="continue stage 2 from a checkpoint this command wrote")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=_train_model)
 

@@ -7,7 +7,8 @@ import torch
 from common import shapes_vqa as spec
 from common.llava_io import build_prompt
 from training import tiny_llava
-from training.train_model import SequenceBuilder, build_pool, normalize, sample_questions, train
+from training.train_model import (Phase, SequenceBuilder, build_pool, normalize,
+                                  sample_questions, train)
 
 
 def test_fast_normalisation_equals_the_processor():
@@ -48,9 +49,11 @@ def test_patch_labels_name_the_object_underneath():
 def test_a_short_training_run_saves_a_loadable_checkpoint(tmp_path):
     from common.llava_io import answer_batch, load_llava
 
-    log = train(tmp_path, images=300, vision_minutes=0.02, max_steps=3, eval_every=2,
+    phases = (Phase("frozen vision", 1e-3, 6, 3, False, 0), Phase("end to end", 5e-4, 2, 2, True, 1))
+    log = train(tmp_path, images=300, vision_minutes=0.02, phases=phases, eval_every=2,
                 batch=4, questions_per_image=2)
-    assert log["steps"] == 3 and len(log["history"]) == 2
+    assert [(h["phase"], h["step"]) for h in log["history"]] == [
+        ("frozen vision", 2), ("frozen vision", 3), ("end to end", 2)]
     model, processor = load_llava(tmp_path)
     answers = answer_batch(model, processor, [spec.render(build_pool(1, 5).scenes[0])],
                            ["how many objects are there?"])
