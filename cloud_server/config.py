@@ -8,15 +8,10 @@ import os
 
 from pydantic import BaseModel, Field
 
+from common.llava_io import default_device
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
 
 ENV_PREFIX = "ALIGNEDVQ_"
-
-
-def default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class ServerConfig(BaseModel):

@@ -13,6 +13,11 @@ class ModelNotFoundError(FileNotFoundError):
     pass
 
 
+def default_device() -> str:
+    """``auto`` means the GPU when there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_llava(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """Model and processor from a local HF-format folder; never touches a model hub."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration

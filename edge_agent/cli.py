@@ -16,7 +16,7 @@ import grpc
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.llava_io import open_image
+from common.llava_io import default_device, open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
 from edge_agent.client import (IncompatibleServer, ask_with_codes, ask_with_image, channel,
                                check_compatible)
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local checkpoint; the edge reads only its vision weights")
     p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR), help="AlignedVQ codec folder")
     p.add_argument("--split-layer", type=int, help="must match the server's (GetServerInfo)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] for the vision tower")
+    p.add_argument("--device", default="auto",
+                   help="cpu or cuda[:N] for the vision tower; auto = cuda when available")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--jpeg-quality", type=int, default=90,
                    help="--mode image: JPEG quality (90 is the paper's baseline)")
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
 
             from common.pipeline import EdgeHalf
 
+            device = default_device() if args.device == "auto" else args.device
             edge = EdgeHalf(args.model, args.codec if args.mode == "alignedvq" else None,
-                            args.mode, args.split_layer, args.device,
+                            args.mode, args.split_layer, device,
                             getattr(torch, args.dtype))
             edge.mode = args.mode
             check_compatible(info, edge)

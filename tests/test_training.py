@@ -2,6 +2,7 @@
 
 import random
 
+import numpy as np
 import torch
 
 from common import shapes_vqa as spec
@@ -16,7 +17,7 @@ def test_fast_normalisation_equals_the_processor():
     pool = build_pool(8, seed=1)
     images = [spec.render(s, antialias=i % 2 == 1) for i, s in enumerate(pool.scenes)]
     expected = processor.image_processor(images=images, return_tensors="pt").pixel_values
-    ours = normalize(torch.stack([torch.from_numpy(__import__("numpy").asarray(im)).permute(2, 0, 1)
+    ours = normalize(torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1)
                                   for im in images]))
     assert torch.allclose(ours, expected, atol=1e-6)
 
