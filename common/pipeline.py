@@ -40,6 +40,7 @@ class EdgeHalf:
                  dtype: torch.dtype = torch.float32):
         from transformers import AutoImageProcessor
 
+        self.mode = mode
         self.vision = EdgeVision.from_pretrained(model_dir, split_layer, device, dtype)
         self.split = self.vision.split
         self.image_processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
@@ -57,7 +58,10 @@ class EdgeHalf:
         return self.vision(pixels.to(self.vision.pre_layrnorm.weight.device))
 
     def chunks(self, images) -> list[list[bytes]]:
-        feats = self.features(images)
+        return self.encode(self.features(images))
+
+    def encode(self, feats: torch.Tensor) -> list[list[bytes]]:
+        """Features (B, T, D) -> each image's chunk payloads."""
         if isinstance(self.encoding, AlignedVQEncoding):
             return self.encoding.encode_batch(feats)
         return [self.encoding.encode(f) for f in feats]

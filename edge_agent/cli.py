@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
             edge = EdgeHalf(args.model, args.codec if args.mode == "alignedvq" else None,
                             args.mode, args.split_layer, device,
                             getattr(torch, args.dtype))
-            edge.mode = args.mode
             check_compatible(info, edge)
             result = ask_with_codes(stub, edge, image, args.question, args.max_new_tokens,
                                     stream, args.timeout)

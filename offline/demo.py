@@ -30,7 +30,6 @@ def main() -> int:
         print(f"server {server.address}: model {info.model_id}, {info.tokens} image tokens, "
               f"K={info.codebook_size} ({info.bits} bits) x {info.stages} stage(s)\n")
         edge = EdgeHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR, "alignedvq")
-        edge.mode = "alignedvq"
         check_compatible(info, edge)
         totals = {"alignedvq": [0, 0], "image": [0, 0]}
         print(f"{'image':<12} {'question':<34} {'expected':<11} {'alignedvq':<20} "

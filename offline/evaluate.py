@@ -65,7 +65,7 @@ class SplitAnswerer:
         from common.features import request_messages, wire_bytes
 
         features = self.edge.features(images)
-        chunk_sets = self.edge.chunks(images)
+        chunk_sets = self.edge.encode(features)
         decoded = []
         for feats, chunks in zip(features, chunk_sets):
             # Image payload only: the question travels too, but it is not the image's cost.
