@@ -27,6 +27,11 @@ CODEC_CONFIG = "codec.json"
 CODEC_WEIGHTS = "codec.safetensors"
 
 
+def nearest_codeword(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
+    """Index of the closest codeword (squared L2) for every row of ``x`` (N, d); book (K, d)."""
+    return (x.pow(2).sum(-1, keepdim=True) - 2 * x @ book.T + book.pow(2).sum(-1)[None]).argmin(-1)
+
+
 class CodecMismatchError(ValueError):
     """A codec was trained on different vision weights or a different cut than it is used with."""
 
@@ -77,10 +82,8 @@ class AlignedVQ(nn.Module):
         total = torch.zeros_like(z)
         indices = []
         for book in self.codebooks:
-            flat = residual.reshape(-1, residual.shape[-1])
-            dist = (flat.pow(2).sum(-1, keepdim=True) - 2 * flat @ book.T
-                    + book.pow(2).sum(-1)[None])
-            idx = dist.argmin(-1).reshape(residual.shape[:-1])
+            idx = nearest_codeword(residual.reshape(-1, residual.shape[-1]), book).reshape(
+                residual.shape[:-1])
             q = book[idx]
             indices.append(idx)
             total = total + q

@@ -116,3 +116,22 @@ def test_eval_refuses_a_codec_for_another_model(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert "0123456789abcdef" in out.stderr and "but the model has" in out.stderr
+
+
+def test_train_codec_command_writes_a_codec_that_eval_uses(tmp_path):
+    data = write_dataset(tmp_path / "data", 40, seed=7, progress=False)
+    out = subprocess.run(cli("alignedvq") + ["train-codec", "--dataset", str(data), "--bits", "4",
+                                             "--stages", "2", "--steps", "5", "--batch", "8",
+                                             "--out", str(tmp_path / "codec")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    meta = json.loads((tmp_path / "codec" / "codec.json").read_text())
+    assert (meta["bits"], meta["stages"], meta["codebook_size"]) == (4, 2, 16)
+    result = subprocess.run(cli("alignedvq") + ["eval", "--dataset", str(data), "--limit", "8",
+                                                "--mode", "alignedvq", "--codec",
+                                                str(tmp_path / "codec"), "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    # two 4-bit stages over 64 tokens: 2 chunks of 32 bytes, plus the header
+    assert 64 < measured["payload_bytes_mean"] < 64 + 64

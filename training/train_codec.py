@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common.codec import AlignedVQ, CodecConfig
+from common.codec import AlignedVQ, CodecConfig, nearest_codeword
 from common.llava_io import build_prompt, open_image
 from common.pipeline import CloudHalf
 from common.split import EdgeVision, cloud_image_features, merge_image_tokens
@@ -32,9 +32,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     centers = x[torch.randperm(len(x), generator=g)[:k]].clone()
     for _ in tqdm(range(iters), desc=f"k-means (K={k})", unit="iter", leave=False):
-        assign = torch.cat([((c.pow(2).sum(-1, keepdim=True) - 2 * c @ centers.T
-                              + centers.pow(2).sum(-1)[None]).argmin(-1))
-                            for c in x.split(16384)])
+        assign = torch.cat([nearest_codeword(c, centers) for c in x.split(16384)])
         sums = torch.zeros_like(centers).index_add_(0, assign, x)
         counts = torch.bincount(assign, minlength=k).float()
         empty = counts == 0
@@ -64,8 +62,7 @@ def initialise(codec: AlignedVQ, feats: torch.Tensor, seed: int, kmeans_points: 
     for s in range(codec.config.stages):
         book = kmeans(residual, codec.config.codebook_size, kmeans_iters, seed + s)
         codec.codebooks.data[s] = book
-        idx = ((residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ book.T
-                + book.pow(2).sum(-1)[None]).argmin(-1))
+        idx = nearest_codeword(residual, book)
         residual = residual - book[idx]
 
 
@@ -187,6 +184,5 @@ def reseed_dead_codes(codec: AlignedVQ, x: torch.Tensor, usage: torch.Tensor, rn
             picks = torch.tensor([rng.randrange(len(residual)) for _ in range(len(dead))])
             book.data[dead] = residual[picks] + 1e-3 * torch.randn(len(dead), book.shape[1])
             usage[s, dead] = 1.0
-        idx = ((residual.pow(2).sum(-1, keepdim=True) - 2 * residual @ book.T
-                + book.pow(2).sum(-1)[None]).argmin(-1))
+        idx = nearest_codeword(residual, book)
         residual = residual - book[idx]
