@@ -12,12 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from alignedvq.v1 import inference_pb2 as pb
 from cloud_server.config import ServerConfig
 from common.errors import Incompatible, InvalidRequest
 from common.features import PayloadError, fingerprint_bytes
+from common.llava_io import ImageTooLarge, open_image
 from common.pipeline import CloudHalf
 from common.split import EdgeVision
 
@@ -158,16 +159,12 @@ class Engine:
         if not data:
             raise InvalidRequest("the image is empty; send JPEG or PNG bytes")
         try:
-            with Image.open(io.BytesIO(data)) as im:
-                if im.width * im.height > self.config.max_image_pixels:
-                    raise InvalidRequest(f"the image has {im.width}x{im.height} pixels; at most "
-                                         f"{self.config.max_image_pixels} are accepted")
-                from PIL import ImageOps
-
-                image = ImageOps.exif_transpose(im).convert("RGB")
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
-            if isinstance(e, InvalidRequest):
-                raise
+            # The same decoding as the edge's (EXIF rotation, alpha on white), so both modes see
+            # the same pixels.
+            image = open_image(io.BytesIO(data), self.config.max_image_pixels)
+        except ImageTooLarge as e:
+            raise InvalidRequest(str(e)) from None
+        except (OSError, Image.DecompressionBombError, ValueError) as e:
             raise InvalidRequest(f"the image could not be decoded ({e}); send JPEG or PNG "
                                  "bytes") from None
         pixels = self.image_processor(images=[image], return_tensors="pt").pixel_values

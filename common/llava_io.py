@@ -35,9 +35,17 @@ def load_llava(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = 
     return model, processor
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """Any image PIL opens, upright (EXIF orientation applied) and in RGB."""
-    with Image.open(path) as im:
+class ImageTooLarge(ValueError):
+    pass
+
+
+def open_image(source, max_pixels: int | None = None) -> Image.Image:
+    """Any image PIL opens (a path or a binary file object), upright (EXIF orientation applied)
+    and in RGB. ``max_pixels`` is checked from the header, before anything is decoded."""
+    with Image.open(source) as im:
+        if max_pixels is not None and im.width * im.height > max_pixels:
+            raise ImageTooLarge(f"the image has {im.width}x{im.height} pixels; at most "
+                                f"{max_pixels} are accepted")
         im = ImageOps.exif_transpose(im)
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             # Alpha is flattened onto white, as a viewer shows it.

@@ -97,17 +97,20 @@ class CloudHalf:
     def decode(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
         return self.encoding(mode).decode(chunks)
 
+    def prompt(self, question: str) -> str:
+        """The chat-template prompt with ``<image>`` expanded to one token per image feature, as
+        the processor does when it is given pixels (the cloud never is)."""
+        token = self.processor.image_token
+        return build_prompt(self.processor, question).replace(token, token * self.image_tokens)
+
     @torch.inference_mode()
     def answer(self, features: torch.Tensor, questions: list[str], max_new_tokens: int = 8,
                streamer=None) -> list[str]:
         """Greedy answers from features at the cut (B, T, D), one question each. A transformers
         streamer, if given, receives the new token ids as they are generated."""
         tok = self.processor.tokenizer
-        image_token = self.processor.image_token
-        prompts = [build_prompt(self.processor, q).replace(image_token,
-                                                           image_token * self.image_tokens)
-                   for q in questions]
-        inputs = tok(prompts, padding=True, return_tensors="pt").to(self.model.device)
+        inputs = tok([self.prompt(q) for q in questions], padding=True,
+                     return_tensors="pt").to(self.model.device)
         image_features = cloud_image_features(self.model, features.to(self.model.device))
         embeds = merge_image_tokens(self.model, inputs.input_ids, image_features)
         out = self.model.generate(inputs_embeds=embeds, attention_mask=inputs.attention_mask,

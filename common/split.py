@@ -100,23 +100,26 @@ def read_vision_tensors(model_dir: Path, first: int, stop: int, with_embeddings:
                         fingerprint_only: bool = False):
     """The vision tensors of blocks ``[first, stop)`` (and the embeddings), read by key, with a
     fingerprint over their names and stored bytes (independent of the dtype they run in)."""
+    from contextlib import ExitStack
+
     from safetensors import safe_open
 
     tensors, digest = {}, hashlib.sha256()
-    found = []
-    for path in _safetensors_files(Path(model_dir)):
-        with safe_open(str(path), framework="pt") as f:
+    with ExitStack() as stack:
+        found = []
+        for path in _safetensors_files(Path(model_dir)):
+            f = stack.enter_context(safe_open(str(path), framework="pt"))
             for key in f.keys():
                 vkey = _vision_key(key)
                 if vkey is not None and _wanted(vkey, first, stop, with_embeddings):
-                    found.append((vkey, path, key))
-    for vkey, path, key in sorted(found):
-        with safe_open(str(path), framework="pt") as f:
+                    found.append((vkey, key, f))
+        # Sorted by name, so the fingerprint does not depend on how the checkpoint is sharded.
+        for vkey, key, f in sorted(found, key=lambda item: item[0]):
             t = f.get_tensor(key)
-        digest.update(vkey.encode())
-        digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
-        if not fingerprint_only:
-            tensors[vkey] = t
+            digest.update(vkey.encode())
+            digest.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+            if not fingerprint_only:
+                tensors[vkey] = t
     return tensors, digest.hexdigest()[:16]
 
 

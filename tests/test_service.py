@@ -39,9 +39,8 @@ def edge_agent(server, *args, timeout=180):
 
 
 def assert_still_serves(stub):
-    header = valid_messages()[0]
     responses = list(stub.AnswerFromCodes(iter(valid_messages())))
-    assert responses[-1].summary.answer, header
+    assert responses[-1].summary.answer
 
 
 _EDGE = {}
@@ -246,3 +245,20 @@ def test_sigterm_lets_in_flight_requests_finish_and_refuses_new_ones():
         assert not errors, errors
         assert results == [expected] * 4
         assert s.proc.wait(60) == 0
+
+
+def test_bad_uploads_get_invalid_argument_and_the_server_keeps_serving(stub):
+    import io
+
+    from PIL import Image
+
+    huge = io.BytesIO()
+    Image.new("L", (7000, 7000)).save(huge, format="PNG")  # 49 Mpx, over the 40 Mpx default
+    cases = {b"not an image": "could not be decoded", huge.getvalue(): "at most 40000000"}
+    for data, message in cases.items():
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.AnswerFromImage(pb.AnswerFromImageRequest(image=data,
+                                                               question="how many objects?")))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in err.value.details()
+    assert_still_serves(stub)

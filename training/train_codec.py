@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.codec import AlignedVQ, CodecConfig, nearest_codeword
-from common.llava_io import build_prompt, open_image
+from common.llava_io import open_image
 from common.pipeline import CloudHalf
 from common.split import EdgeVision, cloud_image_features, merge_image_tokens
 from offline.evaluate import read_questions
@@ -69,12 +69,9 @@ def initialise(codec: AlignedVQ, feats: torch.Tensor, seed: int, kmeans_points: 
 def answer_batch_ids(cloud: CloudHalf, questions: list[str], answers: list[str]):
     """Right-padded prompt+answer ids, and the positions whose logits predict answer tokens."""
     tok = cloud.processor.tokenizer
-    image_token = cloud.processor.image_token
     seqs, targets = [], []
     for q, a in zip(questions, answers):
-        prompt = build_prompt(cloud.processor, q).replace(image_token,
-                                                         image_token * cloud.image_tokens)
-        p_ids = tok(prompt).input_ids
+        p_ids = tok(cloud.prompt(q)).input_ids
         a_ids = tok(" " + a, add_special_tokens=False).input_ids + [tok.eos_token_id]
         seqs.append(p_ids + a_ids)
         targets.append(list(range(len(p_ids) - 1, len(p_ids) + len(a_ids) - 1)))
