@@ -36,8 +36,36 @@ class ServerConfig(BaseModel):
     max_image_pixels: int = Field(40_000_000, ge=1,
                                   description="decoded images above this are refused "
                                   "(decompression bombs)")
+    max_batch_size: int = Field(32, ge=1, le=1024,
+                                description="requests decoded together in one batch; 1 turns "
+                                "batching off")
+    batch_window_ms: float = Field(5.0, ge=0, le=1000,
+                                   description="an idle model waits this long for more requests "
+                                   "to batch with the first (later ones join between tokens)")
+    max_queued: int = Field(64, ge=0,
+                            description="requests waiting for a batch slot; beyond this new "
+                            "requests get RESOURCE_EXHAUSTED at once")
+    request_timeout_seconds: float = Field(60.0, gt=0,
+                                           description="server-side deadline per request "
+                                           "(queueing + generation); DEADLINE_EXCEEDED after it")
+    metrics_port: int | None = Field(None, ge=0, le=65535,
+                                     description="serve Prometheus metrics on this port "
+                                     "(0 picks one); off when unset")
+    log_format: str = Field("text", pattern="^(text|json)$",
+                            description="text for people, json (one object a line) for "
+                            "log pipelines")
     grace_seconds: float = Field(30.0, ge=0,
                                  description="SIGTERM waits this long for in-flight requests")
+    # Transport security and auth (cloud_server/security.py); all off by default.
+    tls_cert: str | None = Field(None, description="PEM certificate chain; with --tls-key "
+                                 "serves TLS instead of plaintext")
+    tls_key: str | None = Field(None, description="PEM private key of --tls-cert")
+    tls_client_ca: str | None = Field(None, description="PEM CA bundle; clients must present a "
+                                      "certificate it signed (mTLS; needs --tls-cert/--tls-key)")
+    auth_token_file: str | None = Field(None, description="file of accepted bearer tokens, one "
+                                        "per line ('#' comments); InferenceService calls must "
+                                        "send 'authorization: Bearer <token>' (health and "
+                                        "reflection exempt); re-read when it changes")
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "ServerConfig":

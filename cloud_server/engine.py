@@ -1,21 +1,20 @@
-"""The model side of the cloud server: validation, decoding and generation. Everything here
-runs on one worker thread, never on the event loop (grpc.aio's loop must keep serving health
-checks, cancellations and other clients while a request is generating)."""
+"""The model side of the cloud server: validation, decoding and generation. Validation is cheap
+and runs on the event loop; all model work runs on the scheduler's one thread, never on the loop
+(grpc.aio's loop must keep serving health checks, cancellations and other clients while a batch
+is generating)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 from alignedvq.v1 import inference_pb2 as pb
+from cloud_server.batching import Row
 from cloud_server.config import ServerConfig
+from cloud_server.scheduler import Job, Scheduler
 from common.errors import Incompatible, InvalidRequest
 from common.features import PayloadError, fingerprint_bytes
 from common.llava_io import ImageTooLarge, open_image
@@ -26,47 +25,13 @@ ENCODING_MODES = {pb.FEATURE_ENCODING_ALIGNEDVQ: "alignedvq", pb.FEATURE_ENCODIN
                   pb.FEATURE_ENCODING_INT8: "int8"}
 
 
-@dataclass
-class Generation:
-    text: str
-    tokens: int
-    generate_ms: float
-
-
-class TokenStreamer:
-    """A transformers streamer that hands each new token's text to the event loop."""
-
-    def __init__(self, tokenizer, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
-        self.tokenizer, self.loop, self.queue = tokenizer, loop, queue
-        self.ids: list[int] = []
-        self.sent = ""
-        self.prompt_seen = False
-        self.cancelled = threading.Event()
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate() first hands over the prompt
-            self.prompt_seen = True
-            return
-        if self.cancelled.is_set():
-            raise asyncio.CancelledError("client went away")
-        self.ids += value.flatten().tolist()
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        # Leading spaces of the first piece are dropped, as the final answer strips them.
-        text = text.lstrip()
-        if len(text) > len(self.sent) and not text.endswith("\ufffd"):
-            delta, self.sent = text[len(self.sent):], text
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, delta)
-
-    def end(self) -> None:
-        pass
-
-
 class Engine:
     def __init__(self, config: ServerConfig):
         self.config = config
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
         self.cloud: CloudHalf | None = None
         self.vision: EdgeVision | None = None
+        self.scheduler: Scheduler | None = None
 
     # -- loading --------------------------------------------------------------
     def load(self) -> None:
@@ -82,12 +47,22 @@ class Engine:
                                                                   local_files_only=True)
         self.model_id = self.cloud.model.config.name_or_path.rstrip("/").split("/")[-1] or \
             self.config.model
+        self.scheduler = Scheduler(self.cloud, self.config.max_batch_size,
+                                   self.config.batch_window_ms / 1000, self.config.max_queued)
         self.warm_up()
+        self.scheduler.start()
 
     def warm_up(self) -> None:
+        """One prefill, join and step through the batch path, so the first user does not pay
+        for lazy initialisation."""
         size = self.cloud.model.config.vision_config.image_size
         feats = self.vision(torch.zeros(1, 3, size, size))
-        self.cloud.answer(feats, ["warm up"], max_new_tokens=2)
+        decoder = self.scheduler.decoder
+        rows = [Row(None, 2), Row(None, 2)]
+        decoder.join(rows[:1], feats, ["warm up"])
+        decoder.join(rows[1:], feats, ["warm up, twice"])
+        decoder.step()
+        decoder.drop(rows)
 
     def info(self) -> pb.GetServerInfoResponse:
         c = self.cloud
@@ -101,6 +76,10 @@ class Engine:
             max_question_chars=self.config.max_question_chars,
             max_new_tokens=self.config.max_new_tokens,
             max_message_bytes=self.config.max_message_bytes)
+
+    def fp16_feature_bytes(self) -> int:
+        """What the same tokens would cost as raw fp16 features: the compression reference."""
+        return self.cloud.tokens * self.cloud.dim * 2
 
     # -- validation (cheap; runs on the loop before any model work) -------------
     def check_question(self, question: str) -> None:
@@ -148,10 +127,10 @@ class Engine:
         self.max_new_tokens(header.generation)
         return mode
 
-    # -- model work (worker thread) ---------------------------------------------
-    def decode(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
+    # -- model work (scheduler thread) -------------------------------------------
+    def codes_features(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
         try:
-            return self.cloud.decode(mode, chunks)[None]
+            return self.cloud.decode(mode, chunks)
         except PayloadError as e:
             raise InvalidRequest(str(e)) from None
 
@@ -168,16 +147,8 @@ class Engine:
             raise InvalidRequest(f"the image could not be decoded ({e}); send JPEG or PNG "
                                  "bytes") from None
         pixels = self.image_processor(images=[image], return_tensors="pt").pixel_values
-        return self.vision(pixels.to(self.cloud.model.device))
+        return self.vision(pixels.to(self.cloud.model.device))[0]
 
-    def generate(self, features: torch.Tensor, question: str, max_new_tokens: int,
-                 streamer: TokenStreamer) -> Generation:
-        t0 = time.perf_counter()
-        try:
-            text = self.cloud.answer(features, [question], max_new_tokens, streamer)[0]
-        except asyncio.CancelledError:
-            text = streamer.sent
-        return Generation(text, len(streamer.ids), (time.perf_counter() - t0) * 1000)
-
-    async def run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+    def submit(self, job: Job) -> None:
+        """Queue a request for the model thread; raises Overloaded when the queue is full."""
+        self.scheduler.submit(job)

@@ -16,6 +16,9 @@ from grpc_reflection.v1alpha import reflection
 from alignedvq.v1 import inference_pb2, inference_pb2_grpc
 from cloud_server.config import ServerConfig
 from cloud_server.engine import Engine
+from cloud_server.logs import configure as configure_logging
+from cloud_server.metrics import Metrics
+from cloud_server.security import SecurityConfigError, ServerSecurity
 from cloud_server.service import InferenceService
 
 log = logging.getLogger("cloud_server")
@@ -25,24 +28,34 @@ SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].ful
 async def serve(config: ServerConfig) -> int:
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes)]
-    server = grpc.aio.server(options=options)
+    try:  # before anything loads or binds: a half-configured TLS/auth setup is fatal, exit 2
+        security = ServerSecurity.from_config(config)
+    except SecurityConfigError as e:
+        print(f"cloud-server: {e}", file=sys.stderr, flush=True)
+        return 2
+    server = grpc.aio.server(options=options, interceptors=security.interceptors)
     engine = Engine(config)
-    service = InferenceService(engine)
+    metrics = Metrics()
+    service = InferenceService(engine, metrics)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    port = security.bind(server, f"{config.host}:{config.port}")
     if port == 0:
         log.error("could not bind %s:%s", config.host, config.port)
         return 1
+    log.info("transport: %s", security.description)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     # Parsed by tests and scripts that start the server on port 0.
     print(f"cloud-server listening on {config.host}:{port}", flush=True)
+    if config.metrics_port is not None:
+        metrics_port = metrics.serve(config.host, config.metrics_port)
+        print(f"cloud-server metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -57,6 +70,7 @@ async def serve(config: ServerConfig) -> int:
             log.error("could not load the model: %s", loader.exception())
             await server.stop(0)
             return 1
+        metrics.watch(engine.scheduler)
         service.ready = True
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -67,13 +81,15 @@ async def serve(config: ServerConfig) -> int:
     log.info("shutting down: draining in-flight requests for up to %.0f s", config.grace_seconds)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(config.grace_seconds)
+    if engine.scheduler is not None:
+        await loop.run_in_executor(None, engine.scheduler.stop, 5.0)
     engine.executor.shutdown(wait=False, cancel_futures=True)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     config = ServerConfig.from_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(config.log_format)
     try:
         import uvloop
 

@@ -1,7 +1,7 @@
 """Domain errors and the one table that maps them to gRPC status codes.
 
-Servicers raise these; ``cloud_server.errors_interceptor`` turns them into statuses, so a
-status code is chosen in exactly one place.
+Servicers and interceptors raise these; ``status_for`` turns them into statuses, so a status
+code is chosen in exactly one place.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ class Overloaded(ServiceError):
     pass
 
 
+class DeadlineExceeded(ServiceError):
+    """The server's own per-request deadline passed (a client's deadline ends the call itself)."""
+
+
 class ShuttingDown(ServiceError):
     pass
 
@@ -33,12 +37,18 @@ class NotReady(ServiceError):
     pass
 
 
+class Unauthenticated(ServiceError):
+    """Missing or unknown credentials (bearer token); the message never echoes the token."""
+
+
 STATUS_FOR: dict[type[ServiceError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     Incompatible: grpc.StatusCode.FAILED_PRECONDITION,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     NotReady: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import grpc
 
-from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common.llava_io import default_device, open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
-from edge_agent.client import (IncompatibleServer, ask_with_codes, ask_with_image, channel,
-                               check_compatible)
+from edge_agent.client import (IncompatibleServer, ask_with_codes, ask_with_image, auth_metadata,
+                               channel, check_compatible, read_token, server_info)
 
 METHODS = {"alignedvq": "/alignedvq.v1.InferenceService/AnswerFromCodes",
            "fp16": "/alignedvq.v1.InferenceService/AnswerFromCodes",
@@ -32,7 +31,20 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", required=True, help="any image PIL opens (JPEG, PNG, ...)")
     p.add_argument("--question", required=True, help="the question, in the model's language")
-    p.add_argument("--server", default="127.0.0.1:50051", help="cloud server HOST:PORT")
+    p.add_argument("--server", default="127.0.0.1:50051",
+                   help="cloud server HOST:PORT; a comma-separated list of IP:PORT replicas, or "
+                        "any gRPC target (dns:///NAME:PORT); calls are spread round-robin")
+    p.add_argument("--tls-ca", metavar="FILE",
+                   help="PEM CA that signed the server's certificate; turns TLS on")
+    p.add_argument("--tls-cert", metavar="FILE",
+                   help="PEM client certificate, for servers that require one (mTLS); "
+                        "turns TLS on (system CAs unless --tls-ca)")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-server-name", metavar="NAME",
+                   help="name to check the server's certificate against (default: the host "
+                        "in --server)")
+    p.add_argument("--auth-token-file", metavar="FILE",
+                   help="send the file's first token as 'authorization: Bearer <token>'")
     p.add_argument("--mode", choices=["alignedvq", "image", "fp16", "int8"],
                    default="alignedvq",
                    help="alignedvq: send codebook indices (default); image: upload a JPEG; "
@@ -62,14 +74,25 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"edge-agent: cannot open image {args.image}: {e}", file=sys.stderr)
         return 2
-    stub = pb_grpc.InferenceServiceStub(channel(args.server))
     try:
-        info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=args.timeout,
-                                  wait_for_ready=True)
+        metadata = auth_metadata(read_token(args.auth_token_file)
+                                 if args.auth_token_file else None)
+        stub = pb_grpc.InferenceServiceStub(channel(
+            args.server, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            tls_server_name=args.tls_server_name))
+    except (OSError, ValueError) as e:
+        print(f"edge-agent: {e}", file=sys.stderr)
+        return 2
+    if metadata and not (args.tls_ca or args.tls_cert):
+        print("edge-agent: warning: sending the bearer token without TLS; anyone on the path "
+              "can read it (add --tls-ca)", file=sys.stderr)
+    try:
+        info = server_info(stub, args.timeout, metadata)
         stream = (lambda t: None) if args.json else (lambda t: print(t, end="", flush=True))
         if args.mode == "image":
             result = ask_with_image(stub, image, args.question, info.image_size,
-                                    args.jpeg_quality, args.max_new_tokens, stream, args.timeout)
+                                    args.jpeg_quality, args.max_new_tokens, stream, args.timeout,
+                                    metadata=metadata)
         else:
             import torch
 
@@ -81,12 +104,18 @@ def main(argv: list[str] | None = None) -> int:
                             getattr(torch, args.dtype))
             check_compatible(info, edge)
             result = ask_with_codes(stub, edge, image, args.question, args.max_new_tokens,
-                                    stream, args.timeout)
+                                    stream, args.timeout, metadata=metadata)
     except IncompatibleServer as e:
         print(f"edge-agent: incompatible server: {e}", file=sys.stderr)
         return 3
     except grpc.RpcError as e:
         print(f"edge-agent: {e.code().name}: {e.details()}", file=sys.stderr)
+        details = (e.details() or "").lower()
+        if "handshake" in details or "socket closed" in details:
+            print("edge-agent: the connection was refused during the TLS handshake: a TLS server "
+                  "needs --tls-ca (the CA that signed its certificate), and one that requires "
+                  "client certificates also needs --tls-cert/--tls-key signed by its "
+                  "--tls-client-ca", file=sys.stderr)
         return 1
     if args.dump_payload:
         Path(args.dump_payload).write_text(json.dumps({

@@ -210,7 +210,7 @@ def test_any_image_pil_opens(server, tmp_path):
     assert exif_answer == plain_answer
 
 
-def test_sigterm_lets_in_flight_requests_finish_and_refuses_new_ones():
+def test_sigterm_lets_8_in_flight_requests_finish_and_refuses_new_ones():
     with ServerProcess() as s:
         s.wait_ready()
         stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(s.address))
@@ -229,7 +229,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_refuses_new_ones():
             except grpc.RpcError as e:
                 errors.append(e)
 
-        threads = [threading.Thread(target=in_flight) for _ in range(4)]
+        threads = [threading.Thread(target=in_flight) for _ in range(8)]
         for t in threads:
             t.start()
         time.sleep(1.0)
@@ -243,7 +243,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_refuses_new_ones():
         for t in threads:
             t.join(60)
         assert not errors, errors
-        assert results == [expected] * 4
+        assert results == [expected] * 8
         assert s.proc.wait(60) == 0
 
 

@@ -60,7 +60,7 @@ class AnswerFromCodesRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[CodesHeader, _Mapping]] = ..., chunk: _Optional[_Union[CodesChunk, _Mapping]] = ...) -> None: ...
 
 class AnswerSummary(_message.Message):
-    __slots__ = ("payload_bytes", "decode_ms", "queue_ms", "generate_ms", "tokens_generated", "model_id", "codec_fingerprint", "answer")
+    __slots__ = ("payload_bytes", "decode_ms", "queue_ms", "generate_ms", "tokens_generated", "model_id", "codec_fingerprint", "answer", "batch_size", "request_id")
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,8 @@ class AnswerSummary(_message.Message):
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     CODEC_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     payload_bytes: int
     decode_ms: float
     queue_ms: float
@@ -77,7 +79,9 @@ class AnswerSummary(_message.Message):
     model_id: str
     codec_fingerprint: str
     answer: str
-    def __init__(self, payload_bytes: _Optional[int] = ..., decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., tokens_generated: _Optional[int] = ..., model_id: _Optional[str] = ..., codec_fingerprint: _Optional[str] = ..., answer: _Optional[str] = ...) -> None: ...
+    batch_size: int
+    request_id: str
+    def __init__(self, payload_bytes: _Optional[int] = ..., decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., tokens_generated: _Optional[int] = ..., model_id: _Optional[str] = ..., codec_fingerprint: _Optional[str] = ..., answer: _Optional[str] = ..., batch_size: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class AnswerFromCodesResponse(_message.Message):
     __slots__ = ("text_delta", "summary")

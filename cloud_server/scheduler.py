@@ -1,0 +1,197 @@
+"""The model thread: admits requests from a bounded queue into a continuously batched decode.
+
+Requests arriving while the model is idle wait up to ``batch_window`` for company (up to
+``max_batch_size``); requests arriving while a batch runs join it at the next token step.
+Each request's tokens are handed to the event loop as they are generated; a finished request
+leaves the batch at once, and so does a cancelled one (client gone or deadline passed), so
+neither keeps consuming compute. The queue in front is bounded: beyond ``max_queued`` waiting
+requests, :meth:`Scheduler.submit` refuses at once instead of letting latency grow without end.
+
+All model work happens on this one thread; the event loop only validates and streams.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from cloud_server.batching import BatchDecoder, Row
+from common.errors import Overloaded, ServiceError, ShuttingDown
+
+log = logging.getLogger("cloud_server")
+
+
+class TextDeltas:
+    """Turns a growing list of token ids into the newly visible text, never splitting a
+    multi-byte character (the tokenizer shows a half character as U+FFFD)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.sent = ""
+
+    def text(self, ids: list[int]) -> str:
+        # Leading spaces of the first piece are dropped, as the final answer strips them.
+        return self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+
+    def delta(self, ids: list[int]) -> str:
+        text = self.text(ids)
+        if len(text) > len(self.sent) and not text.endswith("\ufffd"):
+            new, self.sent = text[len(self.sent):], text
+            return new
+        return ""
+
+
+@dataclass
+class Job:
+    """One request as the model thread sees it. ``deliver(kind, value)`` must be thread-safe:
+    kinds are ``delta`` (str), ``done`` (:class:`Finished`) and ``error`` (an exception)."""
+
+    prepare: Callable[[], torch.Tensor]  # features at the cut (T, D); may raise ServiceError
+    question: str
+    max_new_tokens: int
+    deliver: Callable[[str, object], None]
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    submitted: float = field(default_factory=time.perf_counter)
+    queue_ms: float = 0.0
+    prepare_ms: float = 0.0
+    started: float = 0.0
+    batch_size_at_join: int = 0
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@dataclass
+class Finished:
+    text: str
+    tokens: int
+    queue_ms: float
+    prepare_ms: float
+    generate_ms: float
+    batch_size: int
+
+
+class Scheduler:
+    def __init__(self, cloud, max_batch_size: int = 32, batch_window_s: float = 0.005,
+                 max_queued: int = 64):
+        self.decoder = BatchDecoder(cloud)
+        self.tokenizer = cloud.processor.tokenizer
+        self.max_batch_size, self.batch_window_s = max_batch_size, batch_window_s
+        self.max_queued = max_queued
+        self.pending: collections.deque[Job] = collections.deque()
+        self.wake = threading.Condition()
+        self.stopping = False
+        self.deltas: dict[int, TextDeltas] = {}
+        self.thread = threading.Thread(target=self._run, name="model-scheduler", daemon=True)
+
+    # -- event-loop side --------------------------------------------------------
+    def start(self) -> None:
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self.wake:
+            if self.stopping:
+                raise ShuttingDown("the server is shutting down; retry on another replica")
+            if len(self.pending) >= self.max_queued:
+                raise Overloaded(f"{len(self.pending)} requests are already waiting (limit "
+                                 f"{self.max_queued}, --max-queued); retry with backoff")
+            self.pending.append(job)
+            self.wake.notify()
+
+    def queue_depth(self) -> int:
+        return len(self.pending)
+
+    def active(self) -> int:
+        return len(self.decoder)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish what was admitted, then end the thread."""
+        with self.wake:
+            self.stopping = True
+            self.wake.notify()
+        self.thread.join(timeout)
+
+    # -- model thread -----------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                while not self.pending and not len(self.decoder) and not self.stopping:
+                    self.wake.wait()
+                if self.stopping and not self.pending and not len(self.decoder):
+                    return
+                if not len(self.decoder):
+                    self._wait_for_company()
+                room = self.max_batch_size - len(self.decoder)
+                taken = [self.pending.popleft() for _ in range(min(room, len(self.pending)))]
+            try:
+                self._admit(taken)
+                self._leave_finished_or_cancelled()
+                if len(self.decoder):
+                    self.decoder.step()
+                    self._leave_finished_or_cancelled()
+            except Exception as e:  # a bug, not a bad request: fail this batch, keep serving
+                log.exception("model step failed")
+                for row in list(self.decoder.rows):
+                    row.owner.deliver("error", e)
+                self.decoder.drop(list(self.decoder.rows))
+
+    def _wait_for_company(self) -> None:
+        """Idle model, first request in: wait a moment for others to batch with it."""
+        deadline = time.perf_counter() + self.batch_window_s
+        while len(self.pending) < self.max_batch_size and not self.stopping:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self.wake.wait(remaining)
+
+    def _admit(self, jobs: list[Job]) -> None:
+        ready, features = [], []
+        for job in jobs:
+            if job.cancelled.is_set():
+                continue  # gave up while queued: costs nothing more
+            t0 = time.perf_counter()
+            job.queue_ms = (t0 - job.submitted) * 1000
+            try:
+                feats = job.prepare()
+            except ServiceError as e:
+                job.deliver("error", e)
+                continue
+            job.prepare_ms = (time.perf_counter() - t0) * 1000
+            ready.append(job)
+            features.append(feats.reshape(feats.shape[-2], feats.shape[-1]))
+        if not ready:
+            return
+        rows = [Row(job, job.max_new_tokens) for job in ready]
+        now = time.perf_counter()
+        for job in ready:
+            job.started = now
+            job.batch_size_at_join = len(self.decoder) + len(ready)
+            self.deltas[id(job)] = TextDeltas(self.tokenizer)
+        self.decoder.join(rows, torch.stack(features), [job.question for job in ready])
+
+    def _leave_finished_or_cancelled(self) -> None:
+        leaving = []
+        for row in self.decoder.rows:
+            job: Job = row.owner
+            if job.cancelled.is_set():
+                leaving.append(row)
+                self.deltas.pop(id(job), None)
+                continue
+            delta = self.deltas[id(job)].delta(row.ids)
+            if delta:
+                job.deliver("delta", delta)
+            if row.finished:
+                leaving.append(row)
+                deltas = self.deltas.pop(id(job))
+                job.deliver("done", Finished(
+                    text=deltas.text(row.ids).strip(), tokens=len(row.ids),
+                    queue_ms=job.queue_ms, prepare_ms=job.prepare_ms,
+                    generate_ms=(time.perf_counter() - job.started) * 1000,
+                    batch_size=job.batch_size_at_join))
+        self.decoder.drop(leaving)

@@ -1,0 +1,188 @@
+"""Dynamic batching: the same greedy answers as one request at a time, whatever joins or leaves
+the batch when; cancelled requests leave at once; a full queue refuses at once."""
+
+import json
+import threading
+import time
+
+import grpc
+import pytest
+
+from alignedvq.v1 import inference_pb2 as pb
+from alignedvq.v1 import inference_pb2_grpc as pb_grpc
+from cloud_server.batching import BatchDecoder, Row
+from cloud_server.launch import ServerProcess
+from cloud_server.scheduler import Job, Scheduler
+from common.errors import InvalidRequest, Overloaded
+from common.llava_io import open_image
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
+from common.pipeline import CloudHalf, EdgeHalf
+from edge_agent.client import jpeg_upload
+
+ROWS = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text().splitlines()]
+# Question lengths from 2 to ~25 words, so rows are padded differently.
+QUESTIONS = ["how many objects are there?", "what shape is the red object?",
+             "is there a blue circle?", "where is the green object?",
+             "what color is the triangle? " * 4, "how many circles are there?",
+             "what", "where is the red object? look carefully at the whole image please"]
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    return CloudHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR)
+
+
+@pytest.fixture(scope="module")
+def features():
+    edge = EdgeHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR)
+    images = [open_image(SAMPLES_DIR / r["image"]) for r in ROWS]
+    return edge.features(images[:len(QUESTIONS)] * 2)[:len(QUESTIONS)]
+
+
+def _text(cloud, row):
+    return cloud.processor.tokenizer.decode(row.ids, skip_special_tokens=True).strip()
+
+
+def test_rows_joining_and_leaving_mid_batch_answer_as_if_alone(cloud, features):
+    alone = [cloud.answer(features[i:i + 1], [q], 6)[0] for i, q in enumerate(QUESTIONS)]
+    decoder = BatchDecoder(cloud)
+    rows = [Row(i, 6 if i % 3 else 2) for i in range(len(QUESTIONS))]  # mixed lengths too
+    answers, joined, steps = {}, 0, 0
+    while joined < len(rows) or len(decoder):
+        if joined < len(rows):  # 1, 2, 3... newcomers arrive between steps
+            batch = rows[joined:joined + 1 + steps % 3]
+            decoder.join(batch, features[joined:joined + len(batch)],
+                         QUESTIONS[joined:joined + len(batch)])
+            joined += len(batch)
+        done = [r for r in decoder.rows if r.finished]
+        answers.update({r.owner: _text(cloud, r) for r in done})
+        decoder.drop(done)
+        if len(decoder):
+            decoder.step()
+            steps += 1
+    for i, row in enumerate(rows):
+        want = alone[i] if row.max_new_tokens == 6 else \
+            cloud.answer(features[i:i + 1], [QUESTIONS[i]], 2)[0]
+        assert answers[i] == want, (i, QUESTIONS[i])
+
+
+def _job(features, question, max_new, events, name):
+    def deliver(kind, value):
+        events.append((name, kind, value))
+    return Job(lambda: features, question, max_new, deliver)
+
+
+def test_scheduler_streams_batches_and_drops_a_cancelled_request(cloud, features):
+    scheduler = Scheduler(cloud, max_batch_size=8, batch_window_s=0.2, max_queued=8)
+    events = []
+    jobs = [_job(features[i], QUESTIONS[i], 8, events, i) for i in range(4)]
+    jobs[2].cancel()  # gave up while queued: never computed
+    jobs.append(_job(None, "x", 8, events, "bad"))
+
+    def bad_payload():
+        raise InvalidRequest("bad payload")
+    jobs[-1].prepare = bad_payload
+    for job in jobs:
+        scheduler.submit(job)
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 60
+        while sum(kind in ("done", "error") for _, kind, _ in events) < 4:
+            assert time.monotonic() < deadline, events
+            time.sleep(0.01)
+    finally:
+        scheduler.stop(10)
+    done = {name: value for name, kind, value in events if kind == "done"}
+    assert sorted(done) == [0, 1, 3]
+    assert all(d.batch_size == 3 for d in done.values())  # batched together in the window
+    for i in (0, 1, 3):
+        assert done[i].text == cloud.answer(features[i:i + 1], [QUESTIONS[i]], 8)[0]
+        streamed = "".join(v for name, kind, v in events if name == i and kind == "delta")
+        assert streamed == done[i].text
+    assert not [e for e in events if e[0] == 2]
+    assert [(k, str(v)) for n, k, v in events if n == "bad"] == [("error", "bad payload")]
+
+
+def test_a_full_queue_refuses_at_once(cloud, features):
+    scheduler = Scheduler(cloud, max_batch_size=1, max_queued=2)  # not started: nothing drains
+    for _ in range(2):
+        scheduler.submit(_job(features[0], "what", 2, [], 0))
+    with pytest.raises(Overloaded, match="limit 2"):
+        scheduler.submit(_job(features[0], "what", 2, [], 0))
+
+
+def test_cancelling_mid_generation_frees_the_row(cloud, features):
+    scheduler = Scheduler(cloud, max_batch_size=4, batch_window_s=0.05)
+    scheduler.decoder.eos = set()  # no row ends early: each runs to its max_new_tokens
+    events = []
+    long_job = _job(features[0], QUESTIONS[0], 4000, events, "long")  # minutes, uncancelled
+    short_job = _job(features[1], QUESTIONS[1], 4, events, "short")
+    scheduler.start()
+    try:
+        scheduler.submit(long_job)
+        scheduler.submit(short_job)
+        time.sleep(0.3)
+        long_job.cancel()
+        deadline = time.monotonic() + 30
+        while scheduler.active() or scheduler.queue_depth():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        scheduler.stop(10)
+    assert ("short", "done") in [(n, k) for n, k, _ in events]
+    assert ("long", "done") not in [(n, k) for n, k, _ in events]
+    assert ("long", "delta") in [(n, k) for n, k, _ in events]  # it was generating
+
+
+def _mixed_requests(edges, image_size):
+    """(kind, request) pairs: every feature mode and the image upload, mixed question lengths."""
+    requests = []
+    for i, question in enumerate(QUESTIONS):
+        row = ROWS[i % len(ROWS)]
+        image = open_image(SAMPLES_DIR / row["image"])
+        mode = ("alignedvq", "fp16", "int8", "image")[i % 4]
+        if mode == "image":
+            requests.append(("image", pb.AnswerFromImageRequest(
+                image=jpeg_upload(image, image_size, 90), question=question)))
+        else:
+            edge = edges[mode]
+            requests.append(("codes", edge.messages(edge.chunks([image])[0], question)))
+    return requests
+
+
+def _ask_all_at_once(address, requests):
+    stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(address))
+    summaries = [None] * len(requests)
+
+    def ask(i):
+        kind, request = requests[i]
+        if kind == "image":
+            responses = list(stub.AnswerFromImage(request, timeout=120))
+        else:
+            responses = list(stub.AnswerFromCodes(iter(request), timeout=120))
+        summaries[i] = responses[-1].summary
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return summaries
+
+
+def test_served_answers_are_identical_with_batching_on_and_off():
+    edges = {m: EdgeHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR, m)
+             for m in ("alignedvq", "fp16", "int8")}
+    size = edges["fp16"].vision.config.vision_config.image_size
+    requests = _mixed_requests(edges, size)
+    results = {}
+    # A wide window makes the concurrent requests share a batch for sure.
+    for setting, flags in {"off": ["--max-batch-size", "1"],
+                           "on": ["--batch-window-ms", "300"]}.items():
+        with ServerProcess(*flags) as server:
+            server.wait_ready()
+            results[setting] = _ask_all_at_once(server.address, requests)
+    assert [s.answer for s in results["on"]] == [s.answer for s in results["off"]]
+    assert all(s.answer for s in results["on"])
+    assert {s.batch_size for s in results["off"]} == {1}
+    assert max(s.batch_size for s in results["on"]) > 1
