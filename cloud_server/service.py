@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import time
-import uuid
 
 import grpc
 
@@ -24,18 +22,17 @@ from cloud_server.metrics import Metrics
 from cloud_server.scheduler import Finished, Job
 from common.errors import (DeadlineExceeded, InvalidRequest, NotReady, ServiceError,
                            status_for)
+from common.request_ids import METADATA_KEY, is_valid, new_request_id
 
 log = logging.getLogger("cloud_server")
-REQUEST_ID_KEY = "x-request-id"
-# Ids are echoed into logs and metadata: printable, no spaces, bounded.
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
 
 def request_id(context: grpc.aio.ServicerContext) -> str:
+    """The client's id when it sent a valid one, else a fresh one."""
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+        if key == METADATA_KEY and is_valid(value):
             return value
-    return uuid.uuid4().hex[:16]
+    return new_request_id()
 
 
 class Call:
@@ -95,7 +92,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
 
     async def AnswerFromCodes(self, request_iterator, context):
         call = Call(self, "AnswerFromCodes", context)
-        await context.send_initial_metadata(((REQUEST_ID_KEY, call.request_id),))
+        await context.send_initial_metadata(((METADATA_KEY, call.request_id),))
         try:
             self._check_ready()
             header, chunks = await self._read_codes(request_iterator, call)
@@ -114,7 +111,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
     async def AnswerFromImage(self, request, context):
         call = Call(self, "AnswerFromImage", context)
         call.mode, call.received = "image", request.ByteSize()
-        await context.send_initial_metadata(((REQUEST_ID_KEY, call.request_id),))
+        await context.send_initial_metadata(((METADATA_KEY, call.request_id),))
         try:
             self._check_ready()
             prepare = functools.partial(self.engine.image_features, request.image)

@@ -17,6 +17,7 @@ import grpc
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common.llava_io import default_device, open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
+from common.request_ids import METADATA_KEY, is_valid, new_request_id
 from edge_agent.client import (IncompatibleServer, ask_with_codes, ask_with_image, auth_metadata,
                                channel, check_compatible, read_token, server_info)
 
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--mode image: JPEG quality (90 is the paper's baseline)")
     p.add_argument("--max-new-tokens", type=int, default=0, help="0 = the server's default")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--request-id", default=None,
+                   help="id the server logs this request under and echoes back (letters, "
+                        "digits, ._:/+=@-; at most 128); default: a random one")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument("--dump-payload", metavar="FILE",
                    help="write the serialised request messages (JSON, base64) for replay by "
@@ -77,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metadata = auth_metadata(read_token(args.auth_token_file)
                                  if args.auth_token_file else None)
+        request_id = args.request_id or new_request_id()
+        if not is_valid(request_id):
+            raise ValueError(f"--request-id {request_id!r}: use 1-128 letters, digits or ._:/+=@-")
+        metadata = (*(metadata or ()), (METADATA_KEY, request_id))
         stub = pb_grpc.InferenceServiceStub(channel(
             args.server, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
             tls_server_name=args.tls_server_name))

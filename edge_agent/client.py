@@ -33,6 +33,8 @@ class Result:
     tokens_generated: int = 0
     server_payload_bytes: int = 0
     model_id: str = ""
+    request_id: str = ""
+    batch_size: int = 0
     messages: list[bytes] = field(default_factory=list, repr=False)
 
     def as_json(self) -> dict:
@@ -74,6 +76,8 @@ def _finish(result: Result, responses, started: float, on_delta) -> Result:
             result.tokens_generated = s.tokens_generated
             result.server_payload_bytes = s.payload_bytes
             result.model_id = s.model_id
+            result.request_id = s.request_id
+            result.batch_size = s.batch_size
     result.total_ms = (time.perf_counter() - started) * 1000
     result.network_ms = max(0.0, result.total_ms - result.edge_ms - result.cloud_ms)
     return result

@@ -1,0 +1,99 @@
+"""Metrics scraped from the real /metrics endpoint, JSON logs, and a request id that the edge
+sets, the server logs and echoes back."""
+
+import json
+import re
+import subprocess
+import urllib.request
+
+import grpc
+import pytest
+
+from alignedvq.v1 import inference_pb2 as pb
+from alignedvq.v1 import inference_pb2_grpc as pb_grpc
+from cloud_server.launch import ServerProcess
+from common.paths import SAMPLES_DIR
+from conftest import cli
+
+IMAGE = str(SAMPLES_DIR / "images" / "sample1.png")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with ServerProcess("--metrics-port", "0", "--log-format", "json") as s:
+        s.wait_ready()
+        yield s
+
+
+def _metrics_url(server) -> str:
+    for line in server.lines:
+        found = re.search(r"metrics on (http://\S+)", line)
+        if found:
+            return found.group(1)
+    raise AssertionError("no metrics line in:\n" + server.log())
+
+
+def _scrape(server) -> dict[str, float]:
+    text = urllib.request.urlopen(_metrics_url(server), timeout=10).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def _edge(server, *args):
+    out = subprocess.run(cli("edge-agent") + ["--server", server.address, "--image", IMAGE,
+                                              "--json", *args],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_request_id_set_by_the_edge_is_logged_and_echoed(server):
+    result = _edge(server, "--question", "where is the green object?", "--request-id",
+                   "camera-7/frame-42")
+    assert result["request_id"] == "camera-7/frame-42"
+    logged = [json.loads(line) for line in server.stderr_lines if line.startswith("{")]
+    mine = [e for e in logged if e.get("request_id") == "camera-7/frame-42"]
+    assert len(mine) == 1
+    assert mine[0]["code"] == "OK" and mine[0]["method"] == "AnswerFromCodes"
+    assert mine[0]["mode"] == "alignedvq" and mine[0]["payload_bytes"] == result["payload_bytes"]
+    assert mine[0]["level"] == "INFO" and mine[0]["time"].endswith("Z")
+
+
+def test_a_missing_or_invalid_request_id_gets_a_fresh_one(server):
+    stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(server.address))
+    with pytest.raises(grpc.RpcError) as err:  # refused requests carry an id too
+        list(stub.AnswerFromImage(pb.AnswerFromImageRequest(question="what?"),
+                                  metadata=(("x-request-id", "has spaces"),)))
+    echoed = dict(err.value.initial_metadata())["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{16}", echoed)
+
+
+def test_metrics_count_requests_bytes_latency_and_tokens(server):
+    before = _scrape(server)
+    _edge(server, "--question", "how many objects are there?")
+    _edge(server, "--question", "how many objects are there?", "--mode", "image")
+    stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(server.address))
+    with pytest.raises(grpc.RpcError):
+        list(stub.AnswerFromImage(pb.AnswerFromImageRequest(image=b"junk", question="what?")))
+    after = _scrape(server)
+
+    def grew(name):
+        return after.get(name, 0) - before.get(name, 0)
+
+    ok = 'alignedvq_requests_total{code="OK",method="AnswerFromCodes",mode="alignedvq"}'
+    assert grew(ok) == 1
+    assert grew('alignedvq_requests_total{code="OK",method="AnswerFromImage",mode="image"}') == 1
+    assert grew('alignedvq_requests_total{code="INVALID_ARGUMENT",method="AnswerFromImage",'
+                'mode="image"}') == 1
+    assert grew('alignedvq_payload_bytes_count{mode="alignedvq"}') == 1
+    # 64 tokens x 128 dims in fp16 = 16384 B against ~160 B sent: over 64x.
+    assert grew('alignedvq_compression_ratio_bucket{le="64.0",mode="alignedvq"}') == 0
+    assert grew('alignedvq_compression_ratio_count{mode="alignedvq"}') == 1
+    assert grew('alignedvq_request_seconds_count{mode="alignedvq"}') == 1
+    assert grew('alignedvq_time_to_first_token_seconds_count{mode="image"}') == 1
+    assert grew("alignedvq_generated_tokens_total") >= 2
+    assert "alignedvq_queue_depth" in after and "alignedvq_batch_size" in after
