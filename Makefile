@@ -6,15 +6,25 @@ PY := $(VENV)/bin/python
 # A CPU build of this version lies on this machine's disk, so set-up needs no multi-GB download.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install demo test proto clean
+.PHONY: install node-client demo test proto clean bench
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed node-client
+
+# The Node.js example client's packages, exactly as locked (tests/test_node_client.py runs it).
+# Without npm this is skipped with a note, and that test skips.
+NODE_CLIENT := examples/node-client
+node-client: $(NODE_CLIENT)/node_modules/.package-lock.json
+
+$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		cd $(NODE_CLIENT) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: skipping $(NODE_CLIENT) (its test will skip)"; fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $@
 
 demo: install
@@ -24,7 +34,15 @@ test: install
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info $(NODE_CLIENT)/node_modules
 
 proto: install
 	$(PY) -m common.protogen
+
+# The benchmark report (README "Benchmarks"): trains one codec per rate (cached in BENCH_OUT, so
+# a rerun skips them), then accuracy, bytes, emulated-link latency and the 7B-geometry script.
+# Emulated links need root (network namespaces); without it the report says so and uses a
+# loopback shaping proxy. About an hour on 2 CPU cores, most of it codec training.
+BENCH_OUT ?= runs/bench
+bench: install
+	$(VENV)/bin/alignedvq bench report --out $(BENCH_OUT)
