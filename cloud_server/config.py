@@ -36,6 +36,8 @@ class ServerConfig(BaseModel):
     max_image_pixels: int = Field(40_000_000, ge=1,
                                   description="decoded images above this are refused "
                                   "(decompression bombs)")
+    torch_threads: int | None = Field(None, ge=1, description="CPU threads for the model "
+                                      "(torch intra-op); default: torch's choice (all cores)")
     max_batch_size: int = Field(32, ge=1, le=1024,
                                 description="requests decoded together in one batch; 1 turns "
                                 "batching off")

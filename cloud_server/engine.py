@@ -38,6 +38,8 @@ class Engine:
         from transformers import AutoImageProcessor
 
         device, dtype = self.config.resolved_device(), self.config.torch_dtype()
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
         self.cloud = CloudHalf(self.config.model, self.config.codec, self.config.split_layer,
                                device, dtype)
         # The cloud-only baseline runs the blocks before the cut here as well.
