@@ -46,7 +46,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def drive(address: str, clients: int, seconds: float, requests, timeout: float = 120) -> dict:
+def drive(address: str, clients: int, seconds: float, requests, timeout: float = 120,
+          backoff_s: float = 0.05) -> dict:
     """``clients`` threads send requests back to back for ``seconds``; returns counts by status
     code and the latency of the answered ones."""
     latencies: list[float] = []
@@ -76,6 +77,10 @@ def drive(address: str, clients: int, seconds: float, requests, timeout: float =
             except grpc.RpcError as e:
                 with lock:
                     codes[e.code().name] += 1
+                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    # As the refusal asks: back off, as a well-behaved edge does. Retrying at
+                    # once would turn the test into a retry storm that measures only refusals.
+                    time.sleep(backoff_s)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
     for t in threads:

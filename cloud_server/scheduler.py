@@ -1,7 +1,8 @@
 """The model thread: admits requests from a bounded queue into a continuously batched decode.
 
-Requests arriving while the model is idle wait up to ``batch_window`` for company (up to
-``max_batch_size``); requests arriving while a batch runs join it at the next token step.
+Requests arriving while the model is idle wait up to ``batch_window`` for the requests already
+on their way (up to ``max_batch_size``); requests arriving while a batch runs join it at the
+next token step.
 Each request's tokens are handed to the event loop as they are generated; a finished request
 leaves the batch at once, and so does a cancelled one (client gone or deadline passed), so
 neither keeps consuming compute. The queue in front is bounded: beyond ``max_queued`` waiting
@@ -13,6 +14,7 @@ All model work happens on this one thread; the event loop only validates and str
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -87,6 +89,7 @@ class Scheduler:
         self.pending: collections.deque[Job] = collections.deque()
         self.wake = threading.Condition()
         self.stopping = False
+        self.incoming = 0  # requests being received or validated, not yet submitted
         self.deltas: dict[int, TextDeltas] = {}
         self.thread = threading.Thread(target=self._run, name="model-scheduler", daemon=True)
 
@@ -103,6 +106,19 @@ class Scheduler:
                                  f"{self.max_queued}, --max-queued); retry with backoff")
             self.pending.append(job)
             self.wake.notify()
+
+    @contextlib.contextmanager
+    def on_the_way(self):
+        """Marks a request as arriving (its messages are being read and checked), so an idle
+        model waits for it to batch with others; a request nobody else is near never waits."""
+        with self.wake:
+            self.incoming += 1
+        try:
+            yield
+        finally:
+            with self.wake:
+                self.incoming -= 1
+                self.wake.notify()
 
     def queue_depth(self) -> int:
         return len(self.pending)
@@ -142,9 +158,12 @@ class Scheduler:
                 self.decoder.drop(list(self.decoder.rows))
 
     def _wait_for_company(self) -> None:
-        """Idle model, first request in: wait a moment for others to batch with it."""
+        """Idle model, first request in: wait a moment for the requests already on their way to
+        batch with it (up to ``batch_window``). With none on the way it starts at once, so a
+        lone client pays no batching delay; later arrivals join between token steps anyway."""
         deadline = time.perf_counter() + self.batch_window_s
-        while len(self.pending) < self.max_batch_size and not self.stopping:
+        while (self.incoming and len(self.pending) < self.max_batch_size
+               and not self.stopping):
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break

@@ -95,10 +95,12 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         await context.send_initial_metadata(((METADATA_KEY, call.request_id),))
         try:
             self._check_ready()
-            header, chunks = await self._read_codes(request_iterator, call)
-            prepare = functools.partial(self.engine.codes_features, call.mode, chunks)
-            async for response in self._answer(call, prepare, header.question, header.generation,
-                                               pb.AnswerFromCodesResponse):
+            with self.engine.scheduler.on_the_way():
+                header, chunks = await self._read_codes(request_iterator, call)
+                job, events = self._submit(call, functools.partial(
+                    self.engine.codes_features, call.mode, chunks), header.question,
+                    header.generation)
+            async for response in self._stream(call, job, events, pb.AnswerFromCodesResponse):
                 yield response
         except ServiceError as e:
             await call.refuse(e)
@@ -114,9 +116,9 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         await context.send_initial_metadata(((METADATA_KEY, call.request_id),))
         try:
             self._check_ready()
-            prepare = functools.partial(self.engine.image_features, request.image)
-            async for response in self._answer(call, prepare, request.question,
-                                               request.generation, pb.AnswerFromImageResponse):
+            job, events = self._submit(call, functools.partial(
+                self.engine.image_features, request.image), request.question, request.generation)
+            async for response in self._stream(call, job, events, pb.AnswerFromImageResponse):
                 yield response
         except ServiceError as e:
             await call.refuse(e)
@@ -153,7 +155,9 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             raise InvalidRequest("the stream ended without a header")
         return header, chunks
 
-    async def _answer(self, call: Call, prepare, question: str, generation, response_type):
+    def _submit(self, call: Call, prepare, question: str, generation):
+        """Checks the question and limits, then queues the job; returns it and the queue its
+        events arrive on. Raises Overloaded when the queue is full."""
         self.engine.check_question(question)
         max_new = self.engine.max_new_tokens(generation)
         self.metrics.payload_bytes.labels(call.mode).observe(call.received)
@@ -170,6 +174,10 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
 
         job = Job(prepare, question, max_new, deliver)
         self.engine.submit(job)
+        return job, events
+
+    async def _stream(self, call: Call, job: Job, events: asyncio.Queue, response_type):
+        """The job's text deltas as they come, then the summary."""
         timeout = self.engine.config.request_timeout_seconds
         try:
             async with asyncio.timeout(timeout):
