@@ -178,7 +178,9 @@ class Scheduler:
             job.queue_ms = (t0 - job.submitted) * 1000
             try:
                 feats = job.prepare()
-            except ServiceError as e:
+            except Exception as e:  # a bad payload (ServiceError) or a bug: this job only
+                if not isinstance(e, ServiceError):
+                    log.exception("preparing a request failed")
                 job.deliver("error", e)
                 continue
             job.prepare_ms = (time.perf_counter() - t0) * 1000
@@ -192,7 +194,13 @@ class Scheduler:
             job.started = now
             job.batch_size_at_join = len(self.decoder) + len(ready)
             self.deltas[id(job)] = TextDeltas(self.tokenizer)
-        self.decoder.join(rows, torch.stack(features), [job.question for job in ready])
+        try:
+            self.decoder.join(rows, torch.stack(features), [job.question for job in ready])
+        except Exception as e:  # a bug: these newcomers fail, the running batch carries on
+            log.exception("prefill failed")
+            for job in ready:
+                self.deltas.pop(id(job), None)
+                job.deliver("error", e)
 
     def _leave_finished_or_cancelled(self) -> None:
         leaving = []

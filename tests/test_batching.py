@@ -186,3 +186,27 @@ def test_served_answers_are_identical_with_batching_on_and_off():
     assert all(s.answer for s in results["on"])
     assert {s.batch_size for s in results["off"]} == {1}
     assert max(s.batch_size for s in results["on"]) > 1
+
+
+def test_a_failing_prefill_fails_its_request_and_the_batch_carries_on(cloud, features):
+    scheduler = Scheduler(cloud, max_batch_size=4, batch_window_s=0.0)
+    scheduler.decoder.eos = set()
+    events = []
+    running = _job(features[0], QUESTIONS[0], 40, events, "running")
+    broken = _job(features[1][:10], QUESTIONS[1], 4, events, "broken")  # 10 of 64 tokens
+    scheduler.start()
+    try:
+        scheduler.submit(running)
+        while not any(n == "running" and k == "delta" for n, k, _ in events):
+            time.sleep(0.005)
+        scheduler.submit(broken)  # joins the running batch, and its prefill raises
+        deadline = time.monotonic() + 30
+        while not any(k == "done" for _, k, _ in events):
+            assert time.monotonic() < deadline, events
+            time.sleep(0.01)
+    finally:
+        scheduler.stop(10)
+    outcomes = {(n, k) for n, k, _ in events if k in ("done", "error")}
+    assert outcomes == {("running", "done"), ("broken", "error")}
+    done = next(v for n, k, v in events if k == "done")
+    assert done.tokens == 40
