@@ -11,12 +11,9 @@ its own process.
 from __future__ import annotations
 
 import json
-import os
-import platform
-
-import torch
 
 from benchmarks.drive import drive, sample_requests
+from benchmarks.machine import describe
 from cloud_server.launch import ServerProcess
 from common.paths import DEFAULT_MODEL_DIR
 
@@ -38,15 +35,15 @@ def run(quick: bool = False, clients=CLIENTS, progress=print) -> dict:
                          f"answers/s  p50 {point['p50_ms']} ms  p99 {point['p99_ms']} ms")
                 points.append(point)
     by = {(p["batching"], p["clients"]): p for p in points}
-    speedups = {n: round(by["on", n]["answers_per_s"] / by["off", n]["answers_per_s"], 2)
+    # String keys, as JSON has them, so a report read back renders the same.
+    speedups = {str(n): round(by["on", n]["answers_per_s"] / by["off", n]["answers_per_s"], 2)
                 for n in clients if by["off", n]["answers_per_s"] > 0}
     return {
         "benchmark": "batching",
         "command": "alignedvq bench batching" + (" --quick" if quick else ""),
-        "machine": {"cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(), "torch": torch.__version__},
+        "machine": describe(),
         "model": str(DEFAULT_MODEL_DIR.name), "seconds_per_point": seconds,
-        "points": points, "speedup": speedups, "speedup_at_16": speedups.get(16),
+        "points": points, "speedup": speedups, "speedup_at_16": speedups.get("16"),
     }
 
 
@@ -57,7 +54,7 @@ def table(report: dict) -> str:
     for n in sorted({p["clients"] for p in report["points"]}):
         off, on = by["off", n], by["on", n]
         lines.append(f"| {n} | {off['answers_per_s']} | {on['answers_per_s']} | "
-                     f"{report['speedup'].get(n)}x | {off['p50_ms']} / {off['p99_ms']} | "
+                     f"{report['speedup'].get(str(n))}x | {off['p50_ms']} / {off['p99_ms']} | "
                      f"{on['p50_ms']} / {on['p99_ms']} |")
     return "\n".join(lines)
 

@@ -11,12 +11,9 @@ growing latency. Not a timed test: figures are reported, never asserted.
 from __future__ import annotations
 
 import json
-import os
-import platform
-
-import torch
 
 from benchmarks.drive import drive, sample_requests
+from benchmarks.machine import describe
 from cloud_server.launch import ServerProcess
 
 CONFIGS = {"default limits": [], "small queue": ["--max-batch-size", "4", "--max-queued", "8"]}
@@ -40,8 +37,7 @@ def run(clients: int = 32, seconds: float = 60.0, progress=print) -> dict:
         results.append(row)
     return {"benchmark": "load", "command": f"alignedvq bench load --clients {clients} "
             f"--seconds {seconds:g}",
-            "machine": {"cpu": platform.processor() or platform.machine(),
-                        "cores": os.cpu_count(), "torch": torch.__version__},
+            "machine": describe(),
             "mix": "3 of 4 requests AlignedVQ indices, 1 of 4 a JPEG-90 upload",
             "results": results}
 

@@ -63,6 +63,29 @@ def _bench_codec(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    if args.suite == "batching":
+        # The lead's serving benchmark; imported lazily (and only when asked for).
+        from benchmarks.batching import main as batching
+
+        return batching(quick=args.quick, as_json=args.json)
+    if args.suite == "load":
+        from benchmarks.load import main as load
+
+        return load(clients=args.clients, seconds=5.0 if args.quick else args.seconds,
+                    as_json=args.json)
+    from benchmarks.report import SECTIONS, main as report
+
+    sections = tuple(s for s in args.sections.split(",") if s) if args.sections else SECTIONS
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        print(f"error: unknown section(s) {', '.join(unknown)}; choose from "
+              f"{', '.join(SECTIONS)}", file=sys.stderr)
+        return 2
+    return report(quick=args.quick, out=args.out, as_json=args.json, sections=sections,
+                  link=args.link)
+
+
 def _eval(args) -> int:
     from offline.evaluate import DatasetError, evaluate
 
@@ -81,7 +104,9 @@ def _eval(args) -> int:
     else:
         print(f"{result['mode']}: accuracy {result['accuracy']:.4f} on {result['n']} questions "
               f"({result['seconds']} s)")
-        if "payload_bytes_mean" in result:
+        if "payload_bytes_mean" in result and "compression_ratio_vs_fp16" not in result:
+            print(f"  payload {result['payload_bytes_mean']:.1f} B per image")
+        elif "payload_bytes_mean" in result:
             print(f"  payload {result['payload_bytes_mean']:.1f} B per image, "
                   f"{result['compression_ratio_vs_fp16']:.1f}x smaller than fp16 features")
         for family, r in result["by_family"].items():
@@ -155,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--mode", choices=MODES, default="original",
                    help="original: the unmodified model; alignedvq: through the codec; "
-                        "fp16/int8: split features sent raw (baselines)")
+                        "fp16/int8: split features sent raw (baselines); jpeg: the cloud-only "
+                        "JPEG-90 upload at the model's input size")
     p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR),
                    help="codec folder for --mode alignedvq (default: the shipped one)")
     p.add_argument("--split-layer", type=int,
@@ -167,6 +193,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=20, help="timed repetitions (median)")
     p.add_argument("--no-7b", action="store_true", help="skip the LLaVA-1.5-7B geometry row")
     p.set_defaults(func=_bench_codec)
+
+    p = sub.add_parser("bench", help="benchmarks: the report (accuracy, bytes, latency on "
+                                     "emulated links, 7B geometry) or the batching suite")
+    p.add_argument("suite", nargs="?", choices=("report", "batching", "load"),
+                   default="report",
+                   help="report (default): report.md, report.json and PNGs in --out; "
+                        "batching: the server's throughput with dynamic batching off and on; "
+                        "load: many concurrent clients, counting answers, refusals, failures")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny budgets (a few training steps, few images): a smoke run")
+    p.add_argument("--out", default="runs/bench",
+                   help="report folder; trained codecs and datasets are cached there")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--sections", help="report only: comma-separated subset of "
+                                      "rate,bytes,latency,gpu (default: all)")
+    p.add_argument("--clients", type=int, default=32, help="load only: concurrent clients")
+    p.add_argument("--seconds", type=float, default=60.0,
+                   help="load only: seconds per server configuration (--quick: 5)")
+    p.add_argument("--link", choices=("auto", "netns", "proxy"), default="auto",
+                   help="report only: emulate links with network namespaces (needs root) or "
+                        "the loopback shaping proxy; auto = namespaces when possible")
+    p.set_defaults(func=_bench)
     return parser
 
 
