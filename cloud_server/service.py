@@ -47,8 +47,8 @@ class Call:
         self.started = time.perf_counter()
         self.first_token: float | None = None
 
-    def elapsed(self, since: float | None = None) -> float:
-        return time.perf_counter() - (since or self.started)
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
 
     def done(self, code: grpc.StatusCode, detail: str = "", **fields) -> None:
         m = self.service.metrics
