@@ -15,18 +15,19 @@ import json
 from benchmarks.drive import drive, sample_requests
 from benchmarks.machine import describe
 from cloud_server.launch import ServerProcess
-from common.paths import DEFAULT_MODEL_DIR
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
 
 CLIENTS = (1, 4, 16, 32)
 SETTINGS = {"off": ["--max-batch-size", "1"], "on": []}
 
 
-def run(quick: bool = False, clients=CLIENTS, progress=print) -> dict:
-    seconds = 3.0 if quick else 15.0
-    requests = sample_requests()
+def run(quick: bool = False, clients=CLIENTS, progress=print, model=DEFAULT_MODEL_DIR,
+        codec=DEFAULT_CODEC_DIR) -> dict:
+    seconds = 2.0 if quick else 15.0
+    requests = sample_requests(model=model, codec=codec)
     points = []
     for setting, flags in SETTINGS.items():
-        with ServerProcess(*flags) as server:
+        with ServerProcess(*flags, "--model", str(model), "--codec", str(codec)) as server:
             server.wait_ready()
             drive(server.address, 2, 1.0, requests)  # warm the channels and the model
             for n in clients:
@@ -40,9 +41,10 @@ def run(quick: bool = False, clients=CLIENTS, progress=print) -> dict:
                 for n in clients if by["off", n]["answers_per_s"] > 0}
     return {
         "benchmark": "batching",
-        "command": "alignedvq bench batching" + (" --quick" if quick else ""),
+        "command": "alignedvq bench batching" + (" --quick" if quick else "")
+        + ("" if str(model) == str(DEFAULT_MODEL_DIR) else f" --model {model} --codec {codec}"),
         "machine": describe(),
-        "model": str(DEFAULT_MODEL_DIR.name), "seconds_per_point": seconds,
+        "model": str(model), "codec": str(codec), "seconds_per_point": seconds,
         "points": points, "speedup": speedups, "speedup_at_16": speedups.get("16"),
     }
 
@@ -59,8 +61,10 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(quick: bool = False, as_json: bool = False) -> int:
-    report = run(quick, progress=(lambda _: None) if as_json else print)
+def main(quick: bool = False, as_json: bool = False, model=DEFAULT_MODEL_DIR,
+         codec=DEFAULT_CODEC_DIR) -> int:
+    report = run(quick, progress=(lambda _: None) if as_json else print, model=model,
+                 codec=codec)
     if as_json:
         print(json.dumps(report))
     else:

@@ -20,12 +20,13 @@ from common.pipeline import EdgeHalf
 from edge_agent.client import jpeg_upload
 
 
-def sample_requests(modes=("alignedvq",)) -> list[tuple[str, object]]:
+def sample_requests(modes=("alignedvq",), model=DEFAULT_MODEL_DIR,
+                    codec=DEFAULT_CODEC_DIR) -> list[tuple[str, object]]:
     """Every sample image with each of its questions, as ("codes", messages) for feature modes
     or ("image", AnswerFromImageRequest) for JPEG-90 uploads: the edge's work done up front."""
     rows = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text()
             .splitlines()]
-    edges = {m: EdgeHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR, m) for m in modes if m != "image"}
+    edges = {m: EdgeHalf(model, codec, m) for m in modes if m != "image"}
     requests = []
     for i, row in enumerate(rows):
         mode = modes[i % len(modes)]

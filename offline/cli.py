@@ -68,7 +68,8 @@ def _bench(args) -> int:
         # The lead's serving benchmark; imported lazily (and only when asked for).
         from benchmarks.batching import main as batching
 
-        return batching(quick=args.quick, as_json=args.json)
+        return batching(quick=args.quick, as_json=args.json, model=args.model,
+                        codec=args.codec)
     if args.suite == "load":
         from benchmarks.load import main as load
 
@@ -208,6 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--sections", help="report only: comma-separated subset of "
                                       "rate,bytes,latency,gpu (default: all)")
+    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
+                   help="batching only: the checkpoint the server runs (e.g. a llava-1.5-7b-hf "
+                        "folder on a GPU box; the server picks the GPU itself)")
+    p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR),
+                   help="batching only: a codec trained for --model")
     p.add_argument("--clients", type=int, default=32, help="load only: concurrent clients")
     p.add_argument("--seconds", type=float, default=60.0,
                    help="load only: seconds per server configuration (--quick: 5)")
