@@ -14,10 +14,13 @@ from pathlib import Path
 
 
 class ServerProcess:
-    def __init__(self, *flags: str, env: dict | None = None, ready_timeout: float = 180.0):
+    def __init__(self, *flags: str, env: dict | None = None, ready_timeout: float = 180.0,
+                 wrap: tuple[str, ...] = ()):
+        # ``wrap`` prefixes the command, e.g. ("ip", "netns", "exec", NS) for the benchmarks'
+        # emulated links, which run the server inside a network namespace.
         exe = Path(sys.executable).parent / "cloud-server"
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cloud_server.server"]
-        self.proc = subprocess.Popen(cmd + ["--port", "0", *flags], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([*wrap, *cmd, "--port", "0", *flags], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, **(env or {})})
         self.lines: list[str] = []

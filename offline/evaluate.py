@@ -13,7 +13,9 @@ from tqdm import tqdm
 from common.answers import is_correct
 from common.llava_io import answer_batch, load_llava, open_image
 
-MODES = ("original", "alignedvq", "fp16", "int8")
+MODES = ("original", "alignedvq", "fp16", "int8", "jpeg")
+# The cloud-only baseline: what `edge-agent --mode image` uploads (its default quality).
+JPEG_QUALITY = 90
 
 
 class DatasetError(ValueError):
@@ -79,6 +81,32 @@ class SplitAnswerer:
         return self.cloud.answer(torch.stack(decoded), questions)
 
 
+class JpegAnswerer:
+    """The cloud-only path: each image JPEG-encoded at the model's input size, as the edge
+    uploads it (``edge_agent.client.jpeg_upload``), decoded again and answered by the unmodified
+    model. The payload is the serialised ``AnswerFromImageRequest`` (question excluded)."""
+
+    def __init__(self, model_dir: Path, device: str, quality: int = JPEG_QUALITY):
+        self.model, self.processor = load_llava(model_dir, device=device)
+        self.size = self.model.config.vision_config.image_size
+        self.quality = quality
+        self.payload_bytes: list[int] = []
+
+    def __call__(self, images, questions) -> list[str]:
+        import io
+
+        from alignedvq.v1 import inference_pb2 as pb
+        from edge_agent.client import jpeg_upload
+
+        received = []
+        for image in images:
+            data = jpeg_upload(image, self.size, self.quality)
+            self.payload_bytes.append(len(pb.AnswerFromImageRequest(image=data)
+                                          .SerializeToString()))
+            received.append(open_image(io.BytesIO(data)))
+        return answer_batch(self.model, self.processor, received, questions)
+
+
 def evaluate(model_dir: Path, dataset: Path, limit: int | None = None, batch_size: int = 64,
              device: str = "cpu", progress: bool = True, mode: str = "original",
              codec_dir: Path | None = None, split_layer: int | None = None) -> dict:
@@ -91,6 +119,8 @@ def evaluate(model_dir: Path, dataset: Path, limit: int | None = None, batch_siz
     if mode == "original":
         model, processor = load_llava(model_dir, device=device)
         answerer = lambda images, questions: answer_batch(model, processor, images, questions)  # noqa: E731
+    elif mode == "jpeg":
+        answerer = JpegAnswerer(model_dir, device)
     else:
         answerer = SplitAnswerer(model_dir, mode, codec_dir, split_layer, device)
     root = Path(dataset).resolve().parent
@@ -120,7 +150,10 @@ def evaluate(model_dir: Path, dataset: Path, limit: int | None = None, batch_siz
                                 "expected": row["answer"], "correct": hit})
     n = len(rows)
     payload = {}
-    if mode != "original" and answerer.payload_bytes:
+    if mode == "jpeg" and answerer.payload_bytes:
+        payload = {"payload_bytes_mean": sum(answerer.payload_bytes) / len(answerer.payload_bytes),
+                   "jpeg_quality": answerer.quality, "image_size": answerer.size}
+    elif mode != "original" and answerer.payload_bytes:
         mean = sum(answerer.payload_bytes) / len(answerer.payload_bytes)
         fp16 = sum(answerer.fp16_bytes) / len(answerer.fp16_bytes)
         payload = {"payload_bytes_mean": mean, "compression_ratio_vs_fp16": fp16 / mean,

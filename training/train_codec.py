@@ -28,11 +28,18 @@ from common.split import EdgeVision, cloud_image_features, merge_image_tokens
 from offline.evaluate import read_questions
 
 
+def nearest_in_chunks(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
+    """``nearest_codeword`` over many rows. Rows per chunk shrink as K grows, so the (rows, K)
+    distance matrix stays ~256 MB: 200,000 rows at K = 65,536 (16 bits) would need 52 GB."""
+    rows = max(1024, (1 << 26) // len(book))
+    return torch.cat([nearest_codeword(c, book) for c in x.split(rows)])
+
+
 def kmeans(x: torch.Tensor, k: int, iters: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     centers = x[torch.randperm(len(x), generator=g)[:k]].clone()
     for _ in tqdm(range(iters), desc=f"k-means (K={k})", unit="iter", leave=False):
-        assign = torch.cat([nearest_codeword(c, centers) for c in x.split(16384)])
+        assign = nearest_in_chunks(x, centers)
         sums = torch.zeros_like(centers).index_add_(0, assign, x)
         counts = torch.bincount(assign, minlength=k).float()
         empty = counts == 0
@@ -62,7 +69,7 @@ def initialise(codec: AlignedVQ, feats: torch.Tensor, seed: int, kmeans_points: 
     for s in range(codec.config.stages):
         book = kmeans(residual, codec.config.codebook_size, kmeans_iters, seed + s)
         codec.codebooks.data[s] = book
-        idx = nearest_codeword(residual, book)
+        idx = nearest_in_chunks(residual, book)
         residual = residual - book[idx]
 
 
