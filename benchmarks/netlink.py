@@ -1,15 +1,16 @@
 """Emulated links between the edge and the cloud for the latency benchmark.
 
 ``NetnsLink`` (needs root): two network namespaces, each with its own TCP/IP stack, joined by a
-point-to-point link. The kernel here has ``tbf`` but not ``netem`` (shared/DESIGN.md), so:
+point-to-point link made of two TUN devices and a forwarder thread in this process, the way
+mahimahi's ``mm-delay`` / ``mm-link`` work. The forwarder reads every IP packet (SYN, data, ACK
+alike) from one end and writes it to the other after serialising it at the link rate (FIFO per
+direction, drop-tail beyond 1 s of queue) plus the one-way delay, so TCP sees the real
+round-trip time and every byte pays for the bottleneck.
 
-* the rate is the kernel's: ``tc qdisc tbf`` on the egress of each end, with a one-packet
-  bucket and a peak rate so that every packet is serialised at the link rate (no free burst
-  that would let a small upload skip the bottleneck);
-* the one-way delay is added in user space, the way mahimahi's ``mm-delay`` does it: each end is
-  a TUN device, and a forwarder thread in this process reads every IP packet from one end and
-  writes it to the other ``delay`` later. Every packet is delayed (SYN, data and ACKs alike), so
-  TCP sees the real round-trip time.
+Why not the kernel: it has no ``netem`` here (shared/DESIGN.md), and ``tc tbf``, tried first,
+needs a bucket of at least one MTU, so an idle link lets a payload's first 1,500 B through
+unserialised. At 1 Mbit/s that is 12 ms free, which flattered the larger upload: the first full
+run measured a 1,987-B JPEG crossing in ~5 ms instead of 16.
 
 ``ProxyLink`` (no privileges): the documented fallback, a TCP relay on 127.0.0.1 that holds every
 chunk of bytes for the one-way delay and paces it at the link rate in each direction. It only
@@ -105,14 +106,7 @@ class NetnsLink:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
     def set_rate(self, mbit: float) -> None:
-        kbit = int(mbit * 1000)
-        for dev, ns in zip(self.devs, (self.edge_ns, self.cloud_ns)):
-            # burst = one packet; peakrate 1 % above rate with a one-packet mtu bucket makes tbf
-            # space packets by their serialisation time; latency 1 s bounds the queue.
-            _sh("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
-                "rate", f"{kbit}kbit", "burst", "1600", "peakrate", f"{int(kbit * 1.01)}kbit",
-                "mtu", "1600", "latency", "1s")
-        self.rate_mbit = mbit
+        self.rate_mbit = mbit   # read by the forwarder thread for the next packet
 
     def qdiscs(self) -> list[str]:
         out = []
@@ -135,15 +129,16 @@ class NetnsLink:
 
     def describe(self) -> str:
         return (f"two network namespaces ({self.edge_ns}: edge {EDGE_ADDR}, {self.cloud_ns}: "
-                f"cloud {CLOUD_ADDR}) joined by a TUN point-to-point link; rate: kernel tc tbf "
-                f"on each end's egress (burst 1600 B, peakrate +1 %); delay: "
-                f"{self.delay * 1000:.0f} ms each way added to every packet by a user-space "
-                f"forwarder (the kernel has no netem)")
+                f"cloud {CLOUD_ADDR}) joined by a TUN point-to-point link; a user-space "
+                f"forwarder serialises every IP packet at the link rate and delays it "
+                f"{self.delay * 1000:.0f} ms each way (the kernel has no netem, and tc tbf's "
+                f"one-MTU bucket let the first 1,500 B of a payload through unserialised)")
 
     # -- the delay line ---------------------------------------------------------------------
     def _forward(self) -> None:
         a, b = self._fds
         queues = {a: collections.deque(), b: collections.deque()}   # keyed by destination fd
+        busy_until = {a: 0.0, b: 0.0}    # when each direction's link finishes its last packet
         peer = {a: b, b: a}
         while True:
             now = time.monotonic()
@@ -161,7 +156,12 @@ class NetnsLink:
                         break
                     except OSError:
                         return
-                    queues[peer[fd]].append((now + self.delay, packet))
+                    dst = peer[fd]
+                    start = max(now, busy_until[dst])
+                    if start - now > 1.0:
+                        continue          # drop-tail: more than 1 s queued on this direction
+                    busy_until[dst] = start + len(packet) * 8 / ((self.rate_mbit or 1e4) * 1e6)
+                    queues[dst].append((busy_until[dst] + self.delay, packet))
             now = time.monotonic()
             for dst, q in queues.items():
                 while q and q[0][0] <= now:

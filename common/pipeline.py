@@ -47,8 +47,9 @@ class EdgeHalf:
         self.tokens = self.split.tokens(self.vision.config.vision_config)
         self.codec = None
         if mode == "alignedvq":
+            # On the vision tower's device: the features it encodes come from there.
             self.codec = AlignedVQ.load(codec_dir, expect_fingerprint=self.vision.fingerprint,
-                                        expect_split_layer=self.split.split_layer)
+                                        expect_split_layer=self.split.split_layer).to(device)
         self.encoding = make_encoding(mode, self.codec, self.tokens,
                                       self.vision.config.vision_config.hidden_size)
         self.codec_fingerprint = self.codec.fingerprint() if self.codec else ""
