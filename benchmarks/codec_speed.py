@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 import time
-from pathlib import Path
 
 import torch
 
@@ -70,8 +69,8 @@ def main(repeats: int = 20, include_7b: bool = True) -> None:
     rows = run(repeats, include_7b)
     print(f"machine: {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
-    print(f"| geometry | tokens x dim | bits | vision tower ms | encode ms | decode ms | "
-          f"encode / vision | payload B |")
+    print("| geometry | tokens x dim | bits | vision tower ms | encode ms | decode ms | "
+          "encode / vision | payload B |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['geometry']} | {r['tokens']} x {r['dim']} | {r['bits']} | "

@@ -26,7 +26,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 
 PROMPT_TEXT_TOKENS = 20   # llava-1.5's "USER: <image>\n{question} ASSISTANT:" is ~15-25 tokens

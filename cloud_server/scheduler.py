@@ -64,6 +64,7 @@ class Job:
     prepare_ms: float = 0.0
     started: float = 0.0
     batch_size_at_join: int = 0
+    text: TextDeltas | None = None  # set when the job joins the batch
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -90,7 +91,6 @@ class Scheduler:
         self.wake = threading.Condition()
         self.stopping = False
         self.incoming = 0  # requests being received or validated, not yet submitted
-        self.deltas: dict[int, TextDeltas] = {}
         self.thread = threading.Thread(target=self._run, name="model-scheduler", daemon=True)
 
     # -- event-loop side --------------------------------------------------------
@@ -193,13 +193,12 @@ class Scheduler:
         for job in ready:
             job.started = now
             job.batch_size_at_join = len(self.decoder) + len(ready)
-            self.deltas[id(job)] = TextDeltas(self.tokenizer)
+            job.text = TextDeltas(self.tokenizer)
         try:
             self.decoder.join(rows, torch.stack(features), [job.question for job in ready])
         except Exception as e:  # a bug: these newcomers fail, the running batch carries on
             log.exception("prefill failed")
             for job in ready:
-                self.deltas.pop(id(job), None)
                 job.deliver("error", e)
 
     def _leave_finished_or_cancelled(self) -> None:
@@ -208,16 +207,14 @@ class Scheduler:
             job: Job = row.owner
             if job.cancelled.is_set():
                 leaving.append(row)
-                self.deltas.pop(id(job), None)
                 continue
-            delta = self.deltas[id(job)].delta(row.ids)
+            delta = job.text.delta(row.ids)
             if delta:
                 job.deliver("delta", delta)
             if row.finished:
                 leaving.append(row)
-                deltas = self.deltas.pop(id(job))
                 job.deliver("done", Finished(
-                    text=deltas.text(row.ids).strip(), tokens=len(row.ids),
+                    text=job.text.text(row.ids).strip(), tokens=len(row.ids),
                     queue_ms=job.queue_ms, prepare_ms=job.prepare_ms,
                     generate_ms=(time.perf_counter() - job.started) * 1000,
                     batch_size=job.batch_size_at_join))

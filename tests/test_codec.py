@@ -11,7 +11,7 @@ import torch
 from alignedvq.v1 import inference_pb2 as pb
 from common.codec import AlignedVQ, CodecConfig, CodecMismatchError
 from common.features import (AlignedVQEncoding, Fp16Encoding, Int8Encoding, PayloadError,
-                             request_messages, wire_bytes)
+                             request_messages)
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
 from common.shapes_vqa import write_dataset
 from common.split import SplitPoint, vision_fingerprint
