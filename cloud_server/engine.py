@@ -69,15 +69,23 @@ class Engine:
     def info(self) -> pb.GetServerInfoResponse:
         c = self.cloud
         codec = c.codec.config if c.codec else None
+        vision = c.model.config.vision_config
         return pb.GetServerInfoResponse(
             model_id=self.model_id, vision_fingerprint=fingerprint_bytes(c.vision_fingerprint),
             codec_fingerprint=fingerprint_bytes(c.codec_fingerprint) if c.codec else b"",
             split_layer=c.split.split_layer, codebook_size=codec.codebook_size if codec else 0,
             bits=codec.bits if codec else 0, stages=codec.stages if codec else 0,
-            tokens=c.tokens, image_size=c.model.config.vision_config.image_size,
+            tokens=c.tokens, image_size=vision.image_size,
             max_question_chars=self.config.max_question_chars,
             max_new_tokens=self.config.max_new_tokens,
-            max_message_bytes=self.config.max_message_bytes)
+            max_message_bytes=self.config.max_message_bytes,
+            # v1.1: the facts an FP16/INT8 client needs (protos/README.md).
+            feature_dim=c.dim, feature_layer=c.split.feature_layer,
+            vision_layers=c.split.num_layers, cls_included=c.split.sends_cls,
+            patch_grid=vision.image_size // vision.patch_size,
+            encodings=[e for e, mode in ENCODING_MODES.items() if mode != "alignedvq" or codec],
+            max_image_pixels=self.config.max_image_pixels,
+            request_timeout_seconds=self.config.request_timeout_seconds)
 
     def fp16_feature_bytes(self) -> int:
         """What the same tokens would cost as raw fp16 features: the compression reference."""
@@ -108,8 +116,9 @@ class Engine:
                                f"{c.split.split_layer})")
         mode = ENCODING_MODES.get(header.encoding)
         if mode is None:
+            names = ", ".join(f"{e} ({pb.FeatureEncoding.Name(e)})" for e in ENCODING_MODES)
             raise InvalidRequest(f"unknown feature encoding {header.encoding}; expected one of "
-                                 f"{sorted(ENCODING_MODES)}")
+                                 f"{names}")
         if header.tokens != c.tokens:
             raise InvalidRequest(f"header says {header.tokens} tokens; this model's split sends "
                                  f"{c.tokens}")

@@ -213,7 +213,9 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             payload_bytes=call.received, decode_ms=result.prepare_ms, queue_ms=result.queue_ms,
             generate_ms=result.generate_ms, tokens_generated=result.tokens,
             model_id=self.engine.model_id, codec_fingerprint=self.engine.cloud.codec_fingerprint,
-            answer=result.text, batch_size=result.batch_size, request_id=call.request_id)
+            answer=result.text, batch_size=result.batch_size, request_id=call.request_id,
+            codec_fingerprint_bytes=bytes.fromhex(self.engine.cloud.codec_fingerprint),
+            prepare_ms=result.prepare_ms)
 
 
 async def _refuse_plain(context, error: ServiceError):

@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -60,7 +61,7 @@ class AnswerFromCodesRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[CodesHeader, _Mapping]] = ..., chunk: _Optional[_Union[CodesChunk, _Mapping]] = ...) -> None: ...
 
 class AnswerSummary(_message.Message):
-    __slots__ = ("payload_bytes", "decode_ms", "queue_ms", "generate_ms", "tokens_generated", "model_id", "codec_fingerprint", "answer", "batch_size", "request_id")
+    __slots__ = ("payload_bytes", "decode_ms", "queue_ms", "generate_ms", "tokens_generated", "model_id", "codec_fingerprint", "answer", "batch_size", "request_id", "codec_fingerprint_bytes", "prepare_ms")
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +72,8 @@ class AnswerSummary(_message.Message):
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FINGERPRINT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PREPARE_MS_FIELD_NUMBER: _ClassVar[int]
     payload_bytes: int
     decode_ms: float
     queue_ms: float
@@ -81,7 +84,9 @@ class AnswerSummary(_message.Message):
     answer: str
     batch_size: int
     request_id: str
-    def __init__(self, payload_bytes: _Optional[int] = ..., decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., tokens_generated: _Optional[int] = ..., model_id: _Optional[str] = ..., codec_fingerprint: _Optional[str] = ..., answer: _Optional[str] = ..., batch_size: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    codec_fingerprint_bytes: bytes
+    prepare_ms: float
+    def __init__(self, payload_bytes: _Optional[int] = ..., decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., tokens_generated: _Optional[int] = ..., model_id: _Optional[str] = ..., codec_fingerprint: _Optional[str] = ..., answer: _Optional[str] = ..., batch_size: _Optional[int] = ..., request_id: _Optional[str] = ..., codec_fingerprint_bytes: _Optional[bytes] = ..., prepare_ms: _Optional[float] = ...) -> None: ...
 
 class AnswerFromCodesResponse(_message.Message):
     __slots__ = ("text_delta", "summary")
@@ -114,7 +119,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("model_id", "vision_fingerprint", "codec_fingerprint", "split_layer", "codebook_size", "bits", "stages", "tokens", "image_size", "max_question_chars", "max_new_tokens", "max_message_bytes")
+    __slots__ = ("model_id", "vision_fingerprint", "codec_fingerprint", "split_layer", "codebook_size", "bits", "stages", "tokens", "image_size", "max_question_chars", "max_new_tokens", "max_message_bytes", "feature_dim", "feature_layer", "vision_layers", "cls_included", "patch_grid", "encodings", "max_image_pixels", "request_timeout_seconds")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VISION_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CODEC_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +132,14 @@ class GetServerInfoResponse(_message.Message):
     MAX_QUESTION_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_DIM_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_LAYER_FIELD_NUMBER: _ClassVar[int]
+    VISION_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    CLS_INCLUDED_FIELD_NUMBER: _ClassVar[int]
+    PATCH_GRID_FIELD_NUMBER: _ClassVar[int]
+    ENCODINGS_FIELD_NUMBER: _ClassVar[int]
+    MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     vision_fingerprint: bytes
     codec_fingerprint: bytes
@@ -139,4 +152,12 @@ class GetServerInfoResponse(_message.Message):
     max_question_chars: int
     max_new_tokens: int
     max_message_bytes: int
-    def __init__(self, model_id: _Optional[str] = ..., vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., split_layer: _Optional[int] = ..., codebook_size: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., tokens: _Optional[int] = ..., image_size: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    feature_dim: int
+    feature_layer: int
+    vision_layers: int
+    cls_included: bool
+    patch_grid: int
+    encodings: _containers.RepeatedScalarFieldContainer[FeatureEncoding]
+    max_image_pixels: int
+    request_timeout_seconds: float
+    def __init__(self, model_id: _Optional[str] = ..., vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., split_layer: _Optional[int] = ..., codebook_size: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., tokens: _Optional[int] = ..., image_size: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., feature_dim: _Optional[int] = ..., feature_layer: _Optional[int] = ..., vision_layers: _Optional[int] = ..., cls_included: _Optional[bool] = ..., patch_grid: _Optional[int] = ..., encodings: _Optional[_Iterable[_Union[FeatureEncoding, str]]] = ..., max_image_pixels: _Optional[int] = ..., request_timeout_seconds: _Optional[float] = ...) -> None: ...

@@ -59,8 +59,9 @@ class InferenceServiceServicer:
     """
 
     def AnswerFromCodes(self, request_iterator, context):
-        """Split path. The client sends one header, then one chunk of packed indices per residual
-        stage, in stage order; the server streams the answer as text deltas and ends with a summary.
+        """Split path. The client sends one header, then one chunk per residual stage, in stage order,
+        then half-closes the stream (nothing is answered before that); the server streams the answer
+        as text deltas and ends with a summary.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
