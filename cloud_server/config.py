@@ -27,9 +27,12 @@ class ServerConfig(BaseModel):
     dtype: str = Field("float32", pattern="^(float32|float16|bfloat16)$",
                        description="weights' dtype; float16/bfloat16 halve GPU memory for 7B")
     max_new_tokens: int = Field(32, ge=1, le=4096,
-                                description="default and upper bound of generated tokens "
-                                "(ShapesVQA answers need 3; a VQA answer rarely 32)")
-    max_question_chars: int = Field(1000, ge=1, description="longer questions are refused")
+                                description="most tokens an answer may have, and what a "
+                                "request asking for 0 gets; a request asking for more is "
+                                "refused, not capped (ShapesVQA answers need 3; a VQA answer "
+                                "rarely 32)")
+    max_question_chars: int = Field(1000, ge=1, description="questions of more Unicode code points "
+                                    "are refused")
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024,
                                    description="gRPC receive limit per message; a 336-px JPEG "
                                    "is ~30 kB, so 8 MiB leaves room for any sane upload")

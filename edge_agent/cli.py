@@ -66,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "digits, ._:/+=@-; at most 128); default: a random one")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument("--dump-payload", metavar="FILE",
-                   help="write the serialised request messages (JSON, base64) for replay by "
-                        "clients in other languages")
+                   help="after answering, write the request as sent, for replay or reading "
+                        "by clients in other languages: a JSON object {\"method\": the gRPC "
+                        "method path, \"messages_base64\": [each serialised request message, "
+                        "standard base64, in send order]} (protos/README.md, 'The dump file')")
     return p
 
 
