@@ -85,9 +85,13 @@ def python(server, tmp_path_factory):
     return out
 
 
+def run_node(server, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([NODE, str(CLIENT_DIR / "contract.js"), *args, "--server",
+                           server.address], capture_output=True, text=True, timeout=60)
+
+
 def node(server, *args: str) -> dict:
-    result = subprocess.run([NODE, str(CLIENT_DIR / "contract.js"), *args, "--server",
-                             server.address], capture_output=True, text=True, timeout=60)
+    result = run_node(server, *args)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -150,6 +154,17 @@ def test_dump_file_read_and_rebuilt(server, python, mode):
         assert out["rpc"] == "AnswerFromCodes" and out["dump_messages"] == 2
     if mode == "image":
         assert out["rpc"] == "AnswerFromImage" and out["dump_messages"] == 1
+
+
+def test_question_limit_counts_code_points(server, python):
+    """max_question_chars counts Unicode code points: 1,001 emoji are 1,001 (not the 2,002
+    UTF-16 units a JavaScript string's length says, nor 4,004 UTF-8 bytes)."""
+    limit = node(server, "info")["max_question_chars"]
+    result = run_node(server, "alignedvq", "--indices", str(python["dir"] / "indices.json"),
+                      "--question", "\N{GRINNING FACE}" * (limit + 1))
+    assert result.returncode == 1
+    assert (f"INVALID_ARGUMENT: the question has {limit + 1} characters; at most {limit}"
+            in result.stderr), result.stderr
 
 
 @pytest.mark.xfail(strict=True, reason="issue 16 makes the server count the bytes as received; "
