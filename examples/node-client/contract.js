@@ -35,12 +35,17 @@ const USAGE = `usage: node ${PROG} info|fp16|int8|alignedvq|dump [options]
   --request-id ID        sent as x-request-id metadata
   --timeout SECONDS      deadline per call (default 60)
   --protos DIR           proto root (default: the repository's protos/)
+  -h, --help             this text
 
 Exit status: 0 answered, 1 gRPC error, 2 bad arguments or input files.`;
 
 class UsageError extends Error {}
 
 function parseArgs(argv) {
+  if (argv.includes("-h") || argv.includes("--help")) {
+    console.log(USAGE);
+    process.exit(0);
+  }
   const [command, ...rest] = argv;
   if (!["info", "fp16", "int8", "alignedvq", "dump"].includes(command)) {
     throw new UsageError(command ? `unknown command ${command}` : "a command is required");
