@@ -195,10 +195,11 @@ def cloud_image_features(model, features: torch.Tensor) -> torch.Tensor:
 
 
 def merge_image_tokens(model, input_ids: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
-    """``inputs_embeds`` with the image tokens replaced by the projected features, in order."""
+    """``inputs_embeds`` with the image tokens replaced by the projected features, in order:
+    what ``LlavaModel.forward`` does with ``get_image_features``' output, through its own
+    ``get_placeholder_mask`` (transformers 5.24; it raises ValueError on a count mismatch)."""
     embeds = model.get_input_embeddings()(input_ids)
-    mask = input_ids == model.config.image_token_id
-    if int(mask.sum()) != image_features.shape[0] * image_features.shape[1]:
-        raise SplitError(f"the prompt has {int(mask.sum())} image tokens but the features hold "
-                         f"{image_features.shape[0] * image_features.shape[1]}")
-    return embeds.masked_scatter(mask.unsqueeze(-1), image_features.to(embeds.dtype))
+    image_features = image_features.to(embeds.device, embeds.dtype)
+    mask = model.model.get_placeholder_mask(input_ids, inputs_embeds=embeds,
+                                            image_features=image_features)
+    return embeds.masked_scatter(mask, image_features)
