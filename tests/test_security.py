@@ -30,12 +30,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from cloud_server.config import ServerConfig
-from cloud_server.launch import ServerProcess
 from cloud_server.security import SecurityConfigError, ServerSecurity, parse_tokens
 from common.llava_io import open_image
 from common.paths import SAMPLES_DIR
 from conftest import cli
 from edge_agent.client import auth_metadata, channel, jpeg_upload
+from offline.server_process import ServerProcess
 
 IMAGE = SAMPLES_DIR / "images" / "sample2.png"
 QUESTION = "how many objects are there?"

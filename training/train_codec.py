@@ -25,7 +25,7 @@ from common.codec import AlignedVQ, CodecConfig, nearest_codeword
 from common.llava_io import open_image
 from common.pipeline import CloudHalf
 from common.split import EdgeVision, cloud_image_features, merge_image_tokens
-from offline.evaluate import read_questions
+from common.datasets import read_questions
 
 
 def nearest_in_chunks(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
