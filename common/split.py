@@ -50,15 +50,33 @@ class SplitPoint:
                              f"the feature layer {f} (of {n} blocks), got {split_layer}")
         return cls(n, f, k, config.vision_feature_select_strategy)
 
+    # The CLS rule, in one place. LLaVA's projector sees CLS only with the "full" strategy;
+    # with "default" it is dropped at the feature layer. Dropped before the cut when the cut IS
+    # the feature layer (it need not cross), else after the remaining blocks, which attend to it.
+    @property
+    def projector_sees_cls(self) -> bool:
+        return self.strategy != "default"
+
     @property
     def sends_cls(self) -> bool:
-        """At the feature layer with the ``default`` strategy LLaVA drops CLS, so it need not
-        cross; any earlier cut must send it, the remaining blocks attend to it."""
-        return not (self.split_layer == self.feature_layer and self.strategy == "default")
+        return self.projector_sees_cls or self.split_layer < self.feature_layer
+
+    @property
+    def cloud_drops_cls(self) -> bool:
+        return self.sends_cls and not self.projector_sees_cls
 
     def tokens(self, vision_config) -> int:
+        """Tokens that cross the wire."""
+        return self._patches(vision_config) + (1 if self.sends_cls else 0)
+
+    def image_tokens(self, vision_config) -> int:
+        """Image tokens in the language model's prompt (the projector's output rows)."""
+        return self._patches(vision_config) + (1 if self.projector_sees_cls else 0)
+
+    @staticmethod
+    def _patches(vision_config) -> int:
         grid = vision_config.image_size // vision_config.patch_size
-        return grid * grid + (1 if self.sends_cls else 0)
+        return grid * grid
 
 
 # ---------------------------------------------------------------- reading only vision tensors
@@ -173,6 +191,14 @@ class EdgeVision(nn.Module):
         return h if self.split.sends_cls else h[:, 1:]
 
 
+def features_at_cut(vision: EdgeVision, image_processor, images) -> torch.Tensor:
+    """Images -> the hidden state at the cut (B, T, D): the checkpoint's own resize, crop and
+    normalisation (its image processor), then the blocks before the cut, on their device. The
+    one way pixels become features, for the edge, the server's uploads and codec training."""
+    pixels = image_processor(images=images, return_tensors="pt").pixel_values
+    return vision(pixels.to(vision.pre_layrnorm.weight.device))
+
+
 def prune_for_cloud(model, split: SplitPoint):
     """Drop the vision parts the cloud never runs: everything up to the cut, and past the feature
     layer. The blocks ``[K, F)`` stay. The pruned weights were read once at load time, then freed."""
@@ -189,7 +215,7 @@ def cloud_image_features(model, features: torch.Tensor) -> torch.Tensor:
     h = features.to(model.dtype)
     for layer in model.cloud_vision_layers:
         h = layer(h, None)
-    if model.split.sends_cls and model.split.strategy == "default":
+    if model.split.cloud_drops_cls:
         h = h[:, 1:]
     return model.model.multi_modal_projector(h)
 

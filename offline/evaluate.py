@@ -11,9 +11,11 @@ from tqdm import tqdm
 
 from common.answers import is_correct
 from common.datasets import read_questions
+from common.features import FEATURE_MODES
 from common.llava_io import answer_batch, load_llava, open_image
 
-MODES = ("original", "alignedvq", "fp16", "int8", "jpeg")
+# "jpeg" here is what edge-agent calls --mode image (the cloud-only baseline).
+MODES = ("original", *FEATURE_MODES, "jpeg")
 # The cloud-only baseline: what `edge-agent --mode image` uploads (its default quality).
 JPEG_QUALITY = 90
 
