@@ -152,11 +152,13 @@ def vision_fingerprint(model_dir: Path, split: SplitPoint) -> str:
 class EdgeVision(nn.Module):
     """CLIP embeddings and blocks ``[0, K)``: pixels in, the hidden state at the cut out."""
 
-    def __init__(self, vision_config, split: SplitPoint):
+    def __init__(self, vision_config, split: SplitPoint, fingerprint: str = "", config=None):
+        """``fingerprint`` identifies the weights loaded (see :func:`vision_fingerprint`);
+        ``config`` is the whole LLaVA config they came from (None for a bare tower)."""
         super().__init__()
         from transformers.models.clip.modeling_clip import CLIPEncoderLayer, CLIPVisionEmbeddings
 
-        self.split = split
+        self.split, self.fingerprint, self.config = split, fingerprint, config
         self.embeddings = CLIPVisionEmbeddings(vision_config)
         self.pre_layrnorm = nn.LayerNorm(vision_config.hidden_size,
                                          eps=vision_config.layer_norm_eps)
@@ -171,16 +173,14 @@ class EdgeVision(nn.Module):
         config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
         split = SplitPoint.from_config(config, split_layer)
         config.vision_config._attn_implementation = "sdpa"
-        edge = cls(config.vision_config, split)
         tensors, fingerprint = read_vision_tensors(Path(model_dir), 0, split.split_layer, True)
+        edge = cls(config.vision_config, split, fingerprint, config)
         state = {k.replace("encoder.layers.", "layers."): v for k, v in tensors.items()}
         missing, unexpected = edge.load_state_dict(state, strict=False)
         missing = [m for m in missing if not m.endswith("position_ids")]
         if missing or unexpected:
             raise SplitError(f"vision weights in {model_dir} do not match the config: missing "
                              f"{missing[:5]}, unexpected {unexpected[:5]}")
-        edge.fingerprint = fingerprint
-        edge.config = config
         return edge.to(device=device, dtype=dtype).eval()
 
     @torch.inference_mode()
