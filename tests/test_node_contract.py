@@ -26,7 +26,7 @@ import pytest
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from cloud_server.launch import ServerProcess
+from offline.server_process import ServerProcess
 from common.packing import unpack
 from common.paths import REPO_ROOT, SAMPLES_DIR
 
@@ -167,9 +167,6 @@ def test_question_limit_counts_code_points(server, python):
             in result.stderr), result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 makes the server count the bytes as received; "
-                   "until then it counts Python's re-encoding, which drops the zero-valued "
-                   "fields protobufjs writes (remove this mark when issue 16 lands)")
 def test_payload_bytes_are_what_node_sent(server, python):
     out = node(server, "alignedvq", "--indices", str(python["dir"] / "indices.json"),
                "--question", QUESTION)

@@ -1,0 +1,30 @@
+"""``GetServerInfo``: what a client needs to build requests this server accepts, built here and
+nowhere else."""
+
+from __future__ import annotations
+
+from alignedvq.v1 import inference_pb2 as pb
+from cloud_server.config import ServerConfig
+from cloud_server.loader import CloudModel
+from common.features import FEATURE_MODES, fingerprint_bytes, wire_of_mode
+
+
+def server_info(model: CloudModel, config: ServerConfig) -> pb.GetServerInfoResponse:
+    c = model.cloud
+    codec = c.codec.config if c.codec else None
+    vision = c.model.config.vision_config
+    return pb.GetServerInfoResponse(
+        model_id=model.model_id, vision_fingerprint=fingerprint_bytes(c.vision_fingerprint),
+        codec_fingerprint=fingerprint_bytes(c.codec_fingerprint) if c.codec else b"",
+        split_layer=c.split.split_layer, codebook_size=codec.codebook_size if codec else 0,
+        bits=codec.bits if codec else 0, stages=codec.stages if codec else 0,
+        tokens=c.tokens, image_size=vision.image_size,
+        max_question_chars=config.max_question_chars, max_new_tokens=config.max_new_tokens,
+        max_message_bytes=config.max_message_bytes,
+        # v1.1: the facts an FP16/INT8 client needs (protos/README.md).
+        feature_dim=c.dim, feature_layer=c.split.feature_layer,
+        vision_layers=c.split.num_layers, cls_included=c.split.sends_cls,
+        patch_grid=vision.image_size // vision.patch_size,
+        encodings=[wire_of_mode(m) for m in FEATURE_MODES if m != "alignedvq" or codec],
+        max_image_pixels=config.max_image_pixels,
+        request_timeout_seconds=config.request_timeout_seconds)
