@@ -23,6 +23,10 @@ class ServerConfig(BaseModel):
                        description="AlignedVQ codec trained for that model; default: shipped")
     split_layer: int | None = Field(None, description="vision block whose output crosses; "
                                     "default: the model's feature layer (must match the codec)")
+    engine: str = Field("builtin", pattern="^(builtin|vllm)$",
+                        json_schema_extra={"choices": ["builtin", "vllm"]},
+                        description="what generates the text: builtin (transformers and this "
+                        "project's continuous batcher) or vllm (vLLM's AsyncLLM; the vllm extra)")
     device: str = Field("auto", description="cpu or cuda[:N]; auto = cuda when available")
     dtype: str = Field("float32", pattern="^(float32|float16|bfloat16)$",
                        description="weights' dtype; float16/bfloat16 halve GPU memory for 7B")
@@ -77,8 +81,9 @@ class ServerConfig(BaseModel):
         for name, field in cls.model_fields.items():
             flag = "--" + name.replace("_", "-")
             env = os.environ.get(ENV_PREFIX + name.upper())
+            choices = (field.json_schema_extra or {}).get("choices")
             parser.add_argument(flag, default=env if env is not None else field.default,
-                                help=f"{field.description} (env {ENV_PREFIX}{name.upper()}; "
+                                choices=choices, help=f"{field.description} (env {ENV_PREFIX}{name.upper()}; "
                                      f"default {field.default})")
         values = vars(parser.parse_args(argv))
         values = {k: v for k, v in values.items() if v is not None and v != "None"}

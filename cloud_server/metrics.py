@@ -45,10 +45,11 @@ class Metrics:
             "alignedvq_request_tokens_per_second", "Each request's generated tokens per second "
             "of generation", buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000), registry=r)
 
-    def watch(self, scheduler) -> None:
-        """Queue depth and batch size are read when scraped, never stale."""
-        self.queue_depth.set_function(scheduler.queue_depth)
-        self.batch_size.set_function(scheduler.active)
+    def watch(self, engine) -> None:
+        """Queue depth and batch size are read from the engine's own statistics when scraped,
+        never stale."""
+        self.queue_depth.set_function(lambda: engine.stats().queue_depth)
+        self.batch_size.set_function(lambda: engine.stats().running)
 
     def serve(self, host: str, port: int) -> int:
         """Starts the /metrics HTTP endpoint; returns the bound port (``port`` 0 picks one)."""

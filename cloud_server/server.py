@@ -1,6 +1,6 @@
 """``cloud-server``: the grpc.aio server skeleton. Build, add the inference, health and
-reflection services, start, load the model off the loop, report SERVING, and on SIGTERM/SIGINT
-report NOT_SERVING and drain in-flight requests for ``--grace-seconds``."""
+reflection services, start, load the model off the loop and start the engine, report SERVING,
+and on SIGTERM/SIGINT report NOT_SERVING and drain in-flight requests for ``--grace-seconds``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import asyncio
 import logging
 import signal
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -15,11 +16,12 @@ from grpc_reflection.v1alpha import reflection
 
 from alignedvq.v1 import inference_pb2, inference_pb2_grpc
 from cloud_server.config import ServerConfig
-from cloud_server.engine import Engine
+from cloud_server import loader
+from cloud_server.engines import EngineUnavailable, engine_factory
 from cloud_server.logs import configure as configure_logging
 from cloud_server.metrics import Metrics
 from cloud_server.security import SecurityConfigError, ServerSecurity
-from cloud_server.service import InferenceService
+from cloud_server.service import Backend, InferenceService
 
 log = logging.getLogger("cloud_server")
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -28,15 +30,17 @@ SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].ful
 async def serve(config: ServerConfig) -> int:
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes)]
-    try:  # before anything loads or binds: a half-configured TLS/auth setup is fatal, exit 2
+    # Before anything loads or binds: a half-configured TLS/auth setup or an engine that is not
+    # installed is fatal, exit 2.
+    try:
         security = ServerSecurity.from_config(config)
-    except SecurityConfigError as e:
+        create_engine = engine_factory(config.engine)
+    except (SecurityConfigError, EngineUnavailable) as e:
         print(f"cloud-server: {e}", file=sys.stderr, flush=True)
         return 2
     server = grpc.aio.server(options=options, interceptors=security.interceptors)
-    engine = Engine(config)
     metrics = Metrics()
-    service = InferenceService(engine, metrics)
+    service = InferenceService(metrics)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -62,28 +66,47 @@ async def serve(config: ServerConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
 
-    loader = asyncio.ensure_future(loop.run_in_executor(engine.executor, engine.load))
-    await asyncio.wait({loader, asyncio.ensure_future(stopping.wait())},
+    engine = None
+    load_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
+
+    async def load_and_start():
+        nonlocal engine
+        # Never on the loop; on its own thread, so a SIGTERM during loading need not wait for it.
+        model = await loop.run_in_executor(load_thread, loader.load, config)
+        engine = create_engine(config, model)
+        await engine.start()
+        return Backend.build(config, model, engine)
+
+    loading = asyncio.ensure_future(load_and_start())
+    await asyncio.wait({loading, asyncio.ensure_future(stopping.wait())},
                        return_when=asyncio.FIRST_COMPLETED)
-    if loader.done():
-        if loader.exception() is not None:
-            log.error("could not load the model: %s", loader.exception())
+    if loading.done():
+        if loading.exception() is not None:
+            log.error("could not load the model: %s", loading.exception())
             await server.stop(0)
             return 1
-        metrics.watch(engine.scheduler)
-        service.ready = True
+        backend = loading.result()
+        metrics.watch(engine)
+        service.serve_with(backend)
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s (codec %s) on %s", engine.model_id,
-                 engine.cloud.codec_fingerprint or "none", engine.config.resolved_device())
+        log.info("serving %s (codec %s) on %s with the %s engine", backend.model.model_id,
+                 backend.model.cloud.codec_fingerprint or "none", config.resolved_device(),
+                 engine.name)
         print("cloud-server ready", flush=True)
         await stopping.wait()
     log.info("shutting down: draining in-flight requests for up to %.0f s", config.grace_seconds)
     await health_servicer.enter_graceful_shutdown()
+    # gRPC stops taking new calls and lets the open ones finish (they may still be reading
+    # their messages, so the engine keeps admitting them), then the engine drains.
     await server.stop(config.grace_seconds)
-    if engine.scheduler is not None:
-        await loop.run_in_executor(None, engine.scheduler.stop, 5.0)
-    engine.executor.shutdown(wait=False, cancel_futures=True)
+    if engine is not None:
+        try:
+            await asyncio.wait_for(engine.drain(), 5.0)
+        except TimeoutError:
+            log.warning("the engine did not drain within 5 s")
+        await engine.close()
+    load_thread.shutdown(wait=False, cancel_futures=True)
     return 0
 
 

@@ -1,27 +1,32 @@
-"""``alignedvq.v1.InferenceService`` on grpc.aio.
+"""``alignedvq.v1.InferenceService`` on grpc.aio: converts messages to and from the engine.
 
-Each call: validate what is cheap on the event loop (header, question, limits), queue a job for
-the model thread (RESOURCE_EXHAUSTED at once when the queue is full), stream its text deltas,
-end with a summary. Every refusal is a domain error whose status comes from
-``common.errors.STATUS_FOR``; every call is logged once, with its request id, and counted.
+Each call: read and validate the request (cheap, on the event loop), hand the engine a
+:class:`~cloud_server.engines.base.GenerationRequest` (RESOURCE_EXHAUSTED at once when its
+queue is full), convert its text deltas to responses, end with a summary. Every refusal is a
+domain error whose status comes from ``common.errors.STATUS_FOR``; every call is logged once,
+with its request id, and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
 import grpc
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from cloud_server.engine import Engine
+from cloud_server.config import ServerConfig
+from cloud_server.engines.base import Finished, GenerationEngine, GenerationRequest
+from cloud_server.info import server_info
+from cloud_server.loader import CloudModel
 from cloud_server.metrics import Metrics
-from cloud_server.scheduler import Finished, Job
-from common.errors import (DeadlineExceeded, InvalidRequest, NotReady, ServiceError,
-                           status_for)
+from cloud_server.prepare import Preparer
+from cloud_server.validation import CodesReader, RequestValidator, Validated
+from common.errors import DeadlineExceeded, NotReady, ServiceError, status_for
 from common.request_ids import METADATA_KEY, is_valid, new_request_id
 
 log = logging.getLogger("cloud_server")
@@ -73,34 +78,59 @@ class Call:
                                  f"server log")
 
 
-class InferenceService(pb_grpc.InferenceServiceServicer):
-    def __init__(self, engine: Engine, metrics: Metrics | None = None):
-        self.engine = engine
-        self.metrics = metrics or Metrics()
-        self.ready = False
+@dataclass
+class Backend:
+    """What the servicer needs once the model is loaded and the engine started."""
 
-    def _check_ready(self) -> None:
-        if not self.ready:
+    config: ServerConfig
+    model: CloudModel
+    validator: RequestValidator
+    preparer: Preparer
+    engine: GenerationEngine
+
+    @classmethod
+    def build(cls, config: ServerConfig, model: CloudModel,
+              engine: GenerationEngine) -> "Backend":
+        return cls(config, model, RequestValidator(config, model),
+                   Preparer(model, config.max_image_pixels), engine)
+
+
+class InferenceService(pb_grpc.InferenceServiceServicer):
+    def __init__(self, metrics: Metrics | None = None):
+        self.metrics = metrics or Metrics()
+        self.backend: Backend | None = None  # set when the model is loaded: then it serves
+
+    def serve_with(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def _ready(self) -> Backend:
+        if self.backend is None:
             raise NotReady("the model is still loading; retry when health reports SERVING")
+        return self.backend
 
     async def GetServerInfo(self, request, context):
         try:
-            self._check_ready()
+            backend = self._ready()
         except ServiceError as e:
             await _refuse_plain(context, e)
-        return self.engine.info()
+        return server_info(backend.model, backend.config)
 
     async def AnswerFromCodes(self, request_iterator, context):
         call = Call(self, "AnswerFromCodes", context)
         await context.send_initial_metadata(((METADATA_KEY, call.request_id),))
         try:
-            self._check_ready()
-            with self.engine.scheduler.on_the_way():
-                header, chunks = await self._read_codes(request_iterator, call)
-                job, events = self._submit(call, functools.partial(
-                    self.engine.codes_features, call.mode, chunks), header.question,
-                    header.generation)
-            async for response in self._stream(call, job, events, pb.AnswerFromCodesResponse):
+            backend = self._ready()
+            with backend.engine.arriving():
+                reader = CodesReader(backend.validator)
+                async for message in request_iterator:
+                    call.received += message.ByteSize()
+                    reader.feed(message)
+                    call.mode = reader.mode
+                request, chunks = reader.finish()
+                stream = self._start(backend, call, request,
+                                     backend.preparer.from_codes(request.mode, chunks))
+            async for response in self._respond(backend, call, stream,
+                                                pb.AnswerFromCodesResponse):
                 yield response
         except ServiceError as e:
             await call.refuse(e)
@@ -115,10 +145,12 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         call.mode, call.received = "image", request.ByteSize()
         await context.send_initial_metadata(((METADATA_KEY, call.request_id),))
         try:
-            self._check_ready()
-            job, events = self._submit(call, functools.partial(
-                self.engine.image_features, request.image), request.question, request.generation)
-            async for response in self._stream(call, job, events, pb.AnswerFromImageResponse):
+            backend = self._ready()
+            validated = backend.validator.image_request(request)
+            stream = self._start(backend, call, validated,
+                                 backend.preparer.from_image(request.image))
+            async for response in self._respond(backend, call, stream,
+                                                pb.AnswerFromImageResponse):
                 yield response
         except ServiceError as e:
             await call.refuse(e)
@@ -128,81 +160,36 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             call.done(grpc.StatusCode.CANCELLED, "client went away or its deadline passed")
             raise
 
-    async def _read_codes(self, request_iterator, call: Call):
-        """The header, then one chunk per stage, in order; anything else is refused."""
-        header, chunks = None, []
-        async for message in request_iterator:
-            call.received += message.ByteSize()
-            part = message.WhichOneof("part")
-            if part == "header":
-                if header is not None:
-                    raise InvalidRequest("a second header arrived; send exactly one header, "
-                                         "then the chunks")
-                header = message.header
-                call.mode = self.engine.check_header(header)
-            elif part == "chunk":
-                if header is None:
-                    raise InvalidRequest("a chunk arrived before the header; send the header "
-                                         "first")
-                expected = header.stages if call.mode == "alignedvq" else 1
-                if message.chunk.stage != len(chunks) or len(chunks) >= expected:
-                    raise InvalidRequest(f"chunk for stage {message.chunk.stage} arrived; "
-                                         f"expected stage {len(chunks)} of {expected}")
-                chunks.append(message.chunk.packed_indices)
-            else:
-                raise InvalidRequest("an empty request message arrived; set header or chunk")
-        if header is None:
-            raise InvalidRequest("the stream ended without a header")
-        return header, chunks
-
-    def _submit(self, call: Call, prepare, question: str, generation):
-        """Checks the question and limits, then queues the job; returns it and the queue its
-        events arrive on. Raises Overloaded when the queue is full."""
-        self.engine.check_question(question)
-        max_new = self.engine.max_new_tokens(generation)
+    def _start(self, backend: Backend, call: Call, request: Validated, prepare):
+        """Counts the payload and hands the request to the engine; raises Overloaded when its
+        queue is full."""
         self.metrics.payload_bytes.labels(call.mode).observe(call.received)
         self.metrics.compression_ratio.labels(call.mode).observe(
-            self.engine.fp16_feature_bytes() / max(call.received, 1))
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
+            backend.model.fp16_feature_bytes() / max(call.received, 1))
+        return backend.engine.stream(GenerationRequest(call.request_id, request.question,
+                                                       request.max_new_tokens, prepare))
 
-        def deliver(kind, value):  # called on the model thread
+    async def _respond(self, backend: Backend, call: Call, stream, response_type):
+        """The engine's text deltas as responses, then the summary. Leaving early (client gone,
+        deadline, error) closes the stream, which aborts the request in the engine."""
+        timeout = backend.config.request_timeout_seconds
+        async with contextlib.aclosing(stream):
             try:
-                loop.call_soon_threadsafe(events.put_nowait, (kind, value))
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
-
-        job = Job(prepare, question, max_new, deliver)
-        self.engine.submit(job)
-        return job, events
-
-    async def _stream(self, call: Call, job: Job, events: asyncio.Queue, response_type):
-        """The job's text deltas as they come, then the summary."""
-        timeout = self.engine.config.request_timeout_seconds
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    kind, value = await events.get()
-                    if kind == "delta":
+                async with asyncio.timeout(timeout):
+                    async for item in stream:
+                        if isinstance(item, Finished):
+                            yield response_type(summary=self._summary(backend, call, item))
+                            return
                         if call.first_token is None:
                             call.first_token = time.perf_counter()
                             self.metrics.ttft.labels(call.mode).observe(call.elapsed())
-                        yield response_type(text_delta=value)
-                    elif kind == "error":
-                        raise value
-                    else:
-                        yield response_type(summary=self._summary(call, value))
-                        return
-        except TimeoutError:
-            job.cancel()
-            raise DeadlineExceeded(f"the request took longer than this server's "
-                                   f"{timeout:g} s limit (--request-timeout-seconds); retry "
-                                   f"later or ask for fewer tokens") from None
-        except BaseException:
-            job.cancel()  # client gone, deadline passed, or refused: stop spending compute
-            raise
+                        yield response_type(text_delta=item)
+            except TimeoutError:
+                raise DeadlineExceeded(f"the request took longer than this server's "
+                                       f"{timeout:g} s limit (--request-timeout-seconds); retry "
+                                       f"later or ask for fewer tokens") from None
 
-    def _summary(self, call: Call, result: Finished) -> pb.AnswerSummary:
+    def _summary(self, backend: Backend, call: Call, result: Finished) -> pb.AnswerSummary:
         self.metrics.tokens.inc(result.tokens)
         if result.generate_ms > 0:
             self.metrics.tokens_per_second.observe(result.tokens / (result.generate_ms / 1000))
@@ -212,8 +199,9 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         return pb.AnswerSummary(
             payload_bytes=call.received, decode_ms=result.prepare_ms, queue_ms=result.queue_ms,
             generate_ms=result.generate_ms, tokens_generated=result.tokens,
-            model_id=self.engine.model_id, codec_fingerprint=self.engine.cloud.codec_fingerprint,
-            answer=result.text, batch_size=result.batch_size, request_id=call.request_id)
+            model_id=backend.model.model_id,
+            codec_fingerprint=backend.model.cloud.codec_fingerprint, answer=result.text,
+            batch_size=result.batch_size, request_id=call.request_id)
 
 
 async def _refuse_plain(context, error: ServiceError):

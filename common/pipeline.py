@@ -105,6 +105,12 @@ class CloudHalf:
         return build_prompt(self.processor, question).replace(token, token * self.image_tokens)
 
     @torch.inference_mode()
+    def image_embeddings(self, features: torch.Tensor) -> torch.Tensor:
+        """Features at the cut (B, T, D) -> LLaVA image embeddings (B, image_tokens, lm_hidden):
+        the remaining vision blocks and the projector, what ``get_image_features`` returns."""
+        return cloud_image_features(self.model, features.to(self.model.device))
+
+    @torch.inference_mode()
     def answer(self, features: torch.Tensor, questions: list[str], max_new_tokens: int = 8,
                streamer=None) -> list[str]:
         """Greedy answers from features at the cut (B, T, D), one question each. A transformers
@@ -112,8 +118,7 @@ class CloudHalf:
         tok = self.processor.tokenizer
         inputs = tok([self.prompt(q) for q in questions], padding=True,
                      return_tensors="pt").to(self.model.device)
-        image_features = cloud_image_features(self.model, features.to(self.model.device))
-        embeds = merge_image_tokens(self.model, inputs.input_ids, image_features)
+        embeds = merge_image_tokens(self.model, inputs.input_ids, self.image_embeddings(features))
         out = self.model.generate(inputs_embeds=embeds, attention_mask=inputs.attention_mask,
                                   max_new_tokens=max_new_tokens, do_sample=False,
                                   streamer=streamer)

@@ -10,9 +10,10 @@ import pytest
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from cloud_server.batching import BatchDecoder, Row
+from cloud_server.engines.base import Finished
+from cloud_server.engines.batching import BatchDecoder, Row
+from cloud_server.engines.scheduler import Job, Scheduler
 from cloud_server.launch import ServerProcess
-from cloud_server.scheduler import Job, Scheduler
 from common.errors import InvalidRequest, Overloaded
 from common.llava_io import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
@@ -39,11 +40,17 @@ def features():
     return edge.features(images[:len(QUESTIONS)] * 2)[:len(QUESTIONS)]
 
 
+@pytest.fixture(scope="module")
+def embeddings(cloud, features):
+    """What the engine receives: the projector's output for each image."""
+    return cloud.image_embeddings(features)
+
+
 def _text(cloud, row):
     return cloud.processor.tokenizer.decode(row.ids, skip_special_tokens=True).strip()
 
 
-def test_rows_joining_and_leaving_mid_batch_answer_as_if_alone(cloud, features):
+def test_rows_joining_and_leaving_mid_batch_answer_as_if_alone(cloud, features, embeddings):
     alone = [cloud.answer(features[i:i + 1], [q], 6)[0] for i, q in enumerate(QUESTIONS)]
     decoder = BatchDecoder(cloud)
     rows = [Row(i, 6 if i % 3 else 2) for i in range(len(QUESTIONS))]  # mixed lengths too
@@ -51,7 +58,7 @@ def test_rows_joining_and_leaving_mid_batch_answer_as_if_alone(cloud, features):
     while joined < len(rows) or len(decoder):
         if joined < len(rows):  # 1, 2, 3... newcomers arrive between steps
             batch = rows[joined:joined + 1 + steps % 3]
-            decoder.join(batch, features[joined:joined + len(batch)],
+            decoder.join(batch, embeddings[joined:joined + len(batch)],
                          QUESTIONS[joined:joined + len(batch)])
             joined += len(batch)
         done = [r for r in decoder.rows if r.finished]
@@ -66,16 +73,18 @@ def test_rows_joining_and_leaving_mid_batch_answer_as_if_alone(cloud, features):
         assert answers[i] == want, (i, QUESTIONS[i])
 
 
-def _job(features, question, max_new, events, name):
-    def deliver(kind, value):
-        events.append((name, kind, value))
-    return Job(lambda: features, question, max_new, deliver)
+def _job(embeds, question, max_new, events, name):
+    def post(item):
+        kind = ("done" if isinstance(item, Finished) else "delta" if isinstance(item, str)
+                else "error")
+        events.append((name, kind, item))
+    return Job(lambda: embeds, question, max_new, post)
 
 
-def test_scheduler_streams_batches_and_drops_a_cancelled_request(cloud, features):
+def test_scheduler_streams_batches_and_drops_a_cancelled_request(cloud, features, embeddings):
     scheduler = Scheduler(cloud, max_batch_size=8, batch_window_s=0.2, max_queued=8)
     events = []
-    jobs = [_job(features[i], QUESTIONS[i], 8, events, i) for i in range(4)]
+    jobs = [_job(embeddings[i], QUESTIONS[i], 8, events, i) for i in range(4)]
     jobs[2].cancel()  # gave up while queued: never computed
     jobs.append(_job(None, "x", 8, events, "bad"))
 
@@ -103,20 +112,20 @@ def test_scheduler_streams_batches_and_drops_a_cancelled_request(cloud, features
     assert [(k, str(v)) for n, k, v in events if n == "bad"] == [("error", "bad payload")]
 
 
-def test_a_full_queue_refuses_at_once(cloud, features):
+def test_a_full_queue_refuses_at_once(cloud, embeddings):
     scheduler = Scheduler(cloud, max_batch_size=1, max_queued=2)  # not started: nothing drains
     for _ in range(2):
-        scheduler.submit(_job(features[0], "what", 2, [], 0))
+        scheduler.submit(_job(embeddings[0], "what", 2, [], 0))
     with pytest.raises(Overloaded, match="limit 2"):
-        scheduler.submit(_job(features[0], "what", 2, [], 0))
+        scheduler.submit(_job(embeddings[0], "what", 2, [], 0))
 
 
-def test_cancelling_mid_generation_frees_the_row(cloud, features):
+def test_cancelling_mid_generation_frees_the_row(cloud, embeddings):
     scheduler = Scheduler(cloud, max_batch_size=4, batch_window_s=0.05)
     scheduler.decoder.eos = set()  # no row ends early: each runs to its max_new_tokens
     events = []
-    long_job = _job(features[0], QUESTIONS[0], 4000, events, "long")  # minutes, uncancelled
-    short_job = _job(features[1], QUESTIONS[1], 4, events, "short")
+    long_job = _job(embeddings[0], QUESTIONS[0], 4000, events, "long")  # minutes, uncancelled
+    short_job = _job(embeddings[1], QUESTIONS[1], 4, events, "short")
     scheduler.start()
     try:
         scheduler.submit(long_job)
@@ -188,12 +197,12 @@ def test_served_answers_are_identical_with_batching_on_and_off():
     assert max(s.batch_size for s in results["on"]) > 1
 
 
-def test_a_failing_prefill_fails_its_request_and_the_batch_carries_on(cloud, features):
+def test_a_failing_prefill_fails_its_request_and_the_batch_carries_on(cloud, embeddings):
     scheduler = Scheduler(cloud, max_batch_size=4, batch_window_s=0.0)
     scheduler.decoder.eos = set()
     events = []
-    running = _job(features[0], QUESTIONS[0], 40, events, "running")
-    broken = _job(features[1][:10], QUESTIONS[1], 4, events, "broken")  # 10 of 64 tokens
+    running = _job(embeddings[0], QUESTIONS[0], 40, events, "running")
+    broken = _job(embeddings[1][:10], QUESTIONS[1], 4, events, "broken")  # 10 of 64 tokens
     scheduler.start()
     try:
         scheduler.submit(running)

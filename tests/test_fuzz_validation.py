@@ -2,8 +2,6 @@
 headers, chunk payloads and message sequences never crash the server's checks and never raise
 anything but the documented domain errors (so never a status outside the table)."""
 
-import asyncio
-
 import numpy as np
 import pytest
 import torch
@@ -11,9 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alignedvq.v1 import inference_pb2 as pb
+from cloud_server import loader
 from cloud_server.config import ServerConfig
-from cloud_server.engine import Engine
-from cloud_server.service import Call, InferenceService
+from cloud_server.prepare import Preparer
+from cloud_server.validation import CodesReader, RequestValidator
 from common.errors import Incompatible, InvalidRequest, ServiceError
 from common.features import fingerprint_bytes
 from common.packing import PackingError, unpack
@@ -23,16 +22,21 @@ FUZZ = settings(max_examples=1500, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+CONFIG = ServerConfig(max_new_tokens=16, max_question_chars=200)
+
+
 @pytest.fixture(scope="module")
-def engine():
-    engine = Engine(ServerConfig(max_new_tokens=16, max_question_chars=200))
-    engine.load()
-    yield engine
-    engine.scheduler.stop(10)
+def model():
+    return loader.load(CONFIG)
 
 
-def _valid_header(engine) -> dict:
-    c = engine.cloud
+@pytest.fixture(scope="module")
+def validator(model):
+    return RequestValidator(CONFIG, model)
+
+
+def _valid_header(model) -> dict:
+    c = model.cloud
     return dict(vision_fingerprint=fingerprint_bytes(c.vision_fingerprint),
                 codec_fingerprint=fingerprint_bytes(c.codec_fingerprint),
                 encoding=pb.FEATURE_ENCODING_ALIGNEDVQ, tokens=c.tokens,
@@ -55,8 +59,8 @@ def _mutated(valid: dict):
     })
 
 
-def test_header_validation_only_raises_documented_errors(engine):
-    valid = _valid_header(engine)
+def test_header_validation_only_raises_documented_errors(model, validator):
+    valid = _valid_header(model)
 
     @FUZZ
     @given(_mutated(valid))
@@ -64,18 +68,20 @@ def test_header_validation_only_raises_documented_errors(engine):
         max_new = fields.pop("max_new_tokens")
         header = pb.CodesHeader(**fields, generation=pb.GenerationParams(max_new_tokens=max_new))
         try:
-            mode = engine.check_header(header)
+            request = validator.codes_header(header)
         except DOCUMENTED:
             return
-        assert mode in ("alignedvq", "fp16", "int8")
-        assert header.question.strip() and max_new <= 16
+        assert request.mode in ("alignedvq", "fp16", "int8")
+        assert request.question.strip() and max_new <= 16
+        assert request.max_new_tokens == (max_new or 16)
 
     check()
 
 
 @pytest.mark.parametrize("mode", ["alignedvq", "fp16", "int8"])
-def test_payload_decoding_only_raises_invalid_request(engine, mode):
-    expected = engine.cloud.encoding(mode).chunk_size(0)
+def test_payload_decoding_only_raises_invalid_request(model, mode):
+    preparer = Preparer(model, CONFIG.max_image_pixels)
+    expected = model.cloud.encoding(mode).chunk_size(0)
 
     # Right-sized payloads are too big for hypothesis to draw byte by byte: draw a seed and a
     # few byte overwrites (where NaN/inf fp16 patterns and out-of-range values come from).
@@ -91,10 +97,10 @@ def test_payload_decoding_only_raises_invalid_request(engine, mode):
     @given(st.lists(st.one_of(right_size, wrong_size), max_size=3))
     def check(chunks):
         try:
-            features = engine.codes_features(mode, chunks)
+            features = preparer.codes_features(mode, chunks)
         except InvalidRequest:
             return
-        assert features.shape == (engine.cloud.tokens, engine.cloud.dim)
+        assert features.shape == (model.cloud.tokens, model.cloud.dim)
         assert torch.isfinite(features).all()
 
     check()
@@ -119,16 +125,10 @@ def test_unpacker_returns_in_range_indices_or_raises_packing_error(data, count, 
     assert (np.asarray(idx) < (k if k is not None else 1 << bits)).all()
 
 
-class _Context:
-    def invocation_metadata(self):
-        return ()
-
-
-def test_message_sequences_only_raise_documented_errors(engine):
+def test_message_sequences_only_raise_documented_errors(model, validator):
     """Any order of headers, chunks and empty messages, through the servicer's reader."""
-    service = InferenceService(engine)
-    valid = _valid_header(engine)
-    chunk = b"\0" * engine.cloud.encoding("alignedvq").chunk_size(0)
+    valid = _valid_header(model)
+    chunk = b"\0" * model.cloud.encoding("alignedvq").chunk_size(0)
     message = st.one_of(
         st.just(pb.AnswerFromCodesRequest(header=pb.CodesHeader(**valid))),
         st.builds(lambda s, d: pb.AnswerFromCodesRequest(
@@ -136,20 +136,20 @@ def test_message_sequences_only_raise_documented_errors(engine):
             st.integers(0, 3), st.one_of(st.just(chunk), st.binary(max_size=100))),
         st.just(pb.AnswerFromCodesRequest()))
 
-    async def read(messages):
-        async def stream():
-            for m in messages:
-                yield m
-        return await service._read_codes(stream(), Call(service, "fuzz", _Context()))
+    def read(messages):
+        reader = CodesReader(validator)
+        for m in messages:
+            reader.feed(m)
+        return reader.finish()
 
     @FUZZ
     @given(st.lists(message, max_size=5))
     def check(messages):
         try:
-            header, chunks = asyncio.run(read(messages))
+            request, chunks = read(messages)
         except ServiceError as e:
             assert isinstance(e, DOCUMENTED), e
             return
-        assert header.question and len(chunks) <= header.stages
+        assert request.question and len(chunks) <= request.stages
 
     check()

@@ -3,12 +3,14 @@
 Requests arriving while the model is idle wait up to ``batch_window`` for the requests already
 on their way (up to ``max_batch_size``); requests arriving while a batch runs join it at the
 next token step.
-Each request's tokens are handed to the event loop as they are generated; a finished request
+Each request's text is handed to its owner (``Job.post``) as it is generated; a finished request
 leaves the batch at once, and so does a cancelled one (client gone or deadline passed), so
 neither keeps consuming compute. The queue in front is bounded: beyond ``max_queued`` waiting
 requests, :meth:`Scheduler.submit` refuses at once instead of letting latency grow without end.
 
-All model work happens on this one thread; the event loop only validates and streams.
+All model work happens on this one thread, a request's ``prepare`` included; the event loop only
+validates and streams. :class:`cloud_server.engines.builtin.BuiltinEngine` wraps it in the engine
+seam.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Callable
 
 import torch
 
-from cloud_server.batching import BatchDecoder, Row
+from cloud_server.engines.base import Finished
+from cloud_server.engines.batching import BatchDecoder, Row
 from common.errors import Overloaded, ServiceError, ShuttingDown
 
 log = logging.getLogger("cloud_server")
@@ -51,13 +54,14 @@ class TextDeltas:
 
 @dataclass
 class Job:
-    """One request as the model thread sees it. ``deliver(kind, value)`` must be thread-safe:
-    kinds are ``delta`` (str), ``done`` (:class:`Finished`) and ``error`` (an exception)."""
+    """One request as the model thread sees it. ``post`` is called on the model thread, so it
+    must be thread-safe; it receives text deltas (str), then either one :class:`Finished` or
+    the exception that failed the request."""
 
-    prepare: Callable[[], torch.Tensor]  # features at the cut (T, D); may raise ServiceError
+    prepare: Callable[[], torch.Tensor]  # image embeddings (n_image_tokens, lm_hidden)
     question: str
     max_new_tokens: int
-    deliver: Callable[[str, object], None]
+    post: Callable[[object], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
     queue_ms: float = 0.0
@@ -68,16 +72,6 @@ class Job:
 
     def cancel(self) -> None:
         self.cancelled.set()
-
-
-@dataclass
-class Finished:
-    text: str
-    tokens: int
-    queue_ms: float
-    prepare_ms: float
-    generate_ms: float
-    batch_size: int
 
 
 class Scheduler:
@@ -127,11 +121,12 @@ class Scheduler:
         return len(self.decoder)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Finish what was admitted, then end the thread."""
+        """Refuse new requests, finish what was admitted, then end the thread."""
         with self.wake:
             self.stopping = True
             self.wake.notify()
-        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.thread.join(timeout)
 
     # -- model thread -----------------------------------------------------------
     def _run(self) -> None:
@@ -154,7 +149,7 @@ class Scheduler:
             except Exception as e:  # a bug, not a bad request: fail this batch, keep serving
                 log.exception("model step failed")
                 for row in list(self.decoder.rows):
-                    row.owner.deliver("error", e)
+                    row.owner.post(e)
                 self.decoder.drop(list(self.decoder.rows))
 
     def _wait_for_company(self) -> None:
@@ -170,22 +165,22 @@ class Scheduler:
             self.wake.wait(remaining)
 
     def _admit(self, jobs: list[Job]) -> None:
-        ready, features = [], []
+        ready, embeddings = [], []
         for job in jobs:
             if job.cancelled.is_set():
                 continue  # gave up while queued: costs nothing more
             t0 = time.perf_counter()
             job.queue_ms = (t0 - job.submitted) * 1000
             try:
-                feats = job.prepare()
+                embeds = job.prepare()
             except Exception as e:  # a bad payload (ServiceError) or a bug: this job only
                 if not isinstance(e, ServiceError):
                     log.exception("preparing a request failed")
-                job.deliver("error", e)
+                job.post(e)
                 continue
             job.prepare_ms = (time.perf_counter() - t0) * 1000
             ready.append(job)
-            features.append(feats.reshape(feats.shape[-2], feats.shape[-1]))
+            embeddings.append(embeds.reshape(embeds.shape[-2], embeds.shape[-1]))
         if not ready:
             return
         rows = [Row(job, job.max_new_tokens) for job in ready]
@@ -195,11 +190,11 @@ class Scheduler:
             job.batch_size_at_join = len(self.decoder) + len(ready)
             job.text = TextDeltas(self.tokenizer)
         try:
-            self.decoder.join(rows, torch.stack(features), [job.question for job in ready])
+            self.decoder.join(rows, torch.stack(embeddings), [job.question for job in ready])
         except Exception as e:  # a bug: these newcomers fail, the running batch carries on
             log.exception("prefill failed")
             for job in ready:
-                job.deliver("error", e)
+                job.post(e)
 
     def _leave_finished_or_cancelled(self) -> None:
         leaving = []
@@ -210,10 +205,10 @@ class Scheduler:
                 continue
             delta = job.text.delta(row.ids)
             if delta:
-                job.deliver("delta", delta)
+                job.post(delta)
             if row.finished:
                 leaving.append(row)
-                job.deliver("done", Finished(
+                job.post(Finished(
                     text=job.text.text(row.ids).strip(), tokens=len(row.ids),
                     queue_ms=job.queue_ms, prepare_ms=job.prepare_ms,
                     generate_ms=(time.perf_counter() - job.started) * 1000,

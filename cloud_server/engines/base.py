@@ -1,0 +1,80 @@
+"""The seam between the server and whatever generates text (docs: README, "Architecture").
+
+Everything engine-independent stays in the server: the protocol, validation, fingerprints, codec
+decoding, the vision tower for uploads, the projector (a request's ``prepare``), auth, metrics,
+logs, health and the drain. An engine only turns image embeddings and a question into a stream
+of text. ``builtin`` (transformers + our continuous batcher) and ``vllm`` (vLLM's AsyncLLM)
+implement it.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    question: str                      # the user's question; each engine builds its own prompt
+    max_new_tokens: int                # already validated against the server limit
+    # Produces the LLaVA image embeddings (projector output, shape (n_image_tokens, lm_hidden)),
+    # i.e. what LlavaForConditionalGeneration.get_image_features returns for one image.
+    # Runs OFF the event loop (the engine decides on which thread); may raise a
+    # common.errors.ServiceError (e.g. InvalidRequest for a bad payload).
+    prepare: Callable[[], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Finished:
+    text: str
+    tokens: int
+    batch_size: int
+    prepare_ms: float
+    queue_ms: float
+    generate_ms: float
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    queue_depth: int  # admitted requests waiting for a batch slot
+    running: int      # requests in the running batch
+
+
+class GenerationEngine(abc.ABC):
+    name: str  # "builtin" | "vllm"
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load and warm up; called once before serving."""
+
+    @abc.abstractmethod
+    def stream(self, request: GenerationRequest) -> AsyncIterator[str | Finished]:
+        """Admission is checked when this is CALLED (before the first await): raises
+        common.errors.Overloaded at --max-queued, ShuttingDown while draining.
+
+        Yields text deltas (str, concatenating to the answer), then exactly one Finished, with
+        greedy decoding. If the consumer stops iterating (aclose(), cancellation, deadline), the
+        request is aborted and stops consuming compute."""
+
+    @abc.abstractmethod
+    def stats(self) -> EngineStats:
+        """Read by the metrics at scrape time, from the engine's own statistics."""
+
+    @abc.abstractmethod
+    async def drain(self) -> None:
+        """Stop admitting; requests already admitted finish."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        ...
+
+    def arriving(self) -> contextlib.AbstractContextManager:
+        """Optional hint (not part of the agreed seam, so it has a no-op default): the server
+        wraps the reading of a request's messages in it, so an engine with a batching window can
+        wait for requests already on their way instead of starting a batch of one."""
+        return contextlib.nullcontext()

@@ -1,0 +1,43 @@
+"""Loading what the server needs, once, off the event loop: the cloud half (blocks after the
+cut, projector, language model), the blocks before the cut for image uploads (the cloud-only
+baseline runs them here), and the image processor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cloud_server.config import ServerConfig
+from common.pipeline import CloudHalf
+from common.split import EdgeVision
+
+
+@dataclass
+class CloudModel:
+    cloud: CloudHalf
+    vision: EdgeVision        # blocks [0, K) for AnswerFromImage
+    image_processor: object   # the checkpoint's own resize/crop/normalise
+    model_id: str
+
+    def fp16_feature_bytes(self) -> int:
+        """What the same tokens would cost as raw fp16 features: the compression reference."""
+        return self.cloud.tokens * self.cloud.dim * 2
+
+
+def load(config: ServerConfig) -> CloudModel:
+    """Blocking (seconds to minutes): the server runs it on a worker thread."""
+    from transformers import AutoImageProcessor
+
+    device, dtype = config.resolved_device(), config.torch_dtype()
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    cloud = CloudHalf(config.model, config.codec, config.split_layer, device, dtype)
+    vision = EdgeVision.from_pretrained(config.model, config.split_layer, device, dtype)
+    processor = AutoImageProcessor.from_pretrained(config.model, local_files_only=True)
+    model_id = cloud.model.config.name_or_path.rstrip("/").split("/")[-1] or config.model
+    model = CloudModel(cloud, vision, processor, model_id)
+    # The first upload should not pay for lazy initialisation of the vision path either.
+    size = cloud.model.config.vision_config.image_size
+    cloud.image_embeddings(vision(torch.zeros(1, 3, size, size, device=device)))
+    return model

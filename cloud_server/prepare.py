@@ -1,0 +1,55 @@
+"""A request's ``prepare``: its payload (feature chunks or an uploaded image) to LLaVA image
+embeddings. Engines call it on their own worker thread, never on the event loop; bad payloads
+raise InvalidRequest."""
+
+from __future__ import annotations
+
+import functools
+import io
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from cloud_server.loader import CloudModel
+from common.errors import InvalidRequest
+from common.features import PayloadError
+from common.llava_io import ImageTooLarge, open_image
+
+
+class Preparer:
+    def __init__(self, model: CloudModel, max_image_pixels: int):
+        self.model, self.max_image_pixels = model, max_image_pixels
+
+    # -- what the servicer hands the engine ---------------------------------------------
+    def from_codes(self, mode: str, chunks: list[bytes]) -> Callable[[], torch.Tensor]:
+        return functools.partial(self._embeddings, self.codes_features, mode, chunks)
+
+    def from_image(self, data: bytes) -> Callable[[], torch.Tensor]:
+        return functools.partial(self._embeddings, self.image_features, data)
+
+    @torch.inference_mode()
+    def _embeddings(self, features, *args) -> torch.Tensor:
+        return self.model.cloud.image_embeddings(features(*args)[None])[0]
+
+    # -- payload -> features at the cut ---------------------------------------------------
+    def codes_features(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
+        try:
+            return self.model.cloud.decode(mode, chunks)
+        except PayloadError as e:
+            raise InvalidRequest(str(e)) from None
+
+    def image_features(self, data: bytes) -> torch.Tensor:
+        if not data:
+            raise InvalidRequest("the image is empty; send JPEG or PNG bytes")
+        try:
+            # The same decoding as the edge's (EXIF rotation, alpha on white), so both modes see
+            # the same pixels.
+            image = open_image(io.BytesIO(data), self.max_image_pixels)
+        except ImageTooLarge as e:
+            raise InvalidRequest(str(e)) from None
+        except (OSError, Image.DecompressionBombError, ValueError) as e:
+            raise InvalidRequest(f"the image could not be decoded ({e}); send JPEG or PNG "
+                                 "bytes") from None
+        pixels = self.model.image_processor(images=[image], return_tensors="pt").pixel_values
+        return self.model.vision(pixels.to(self.model.cloud.model.device))[0]

@@ -1,0 +1,120 @@
+"""Request validation: cheap checks on the event loop, before any model work, each done once.
+
+A request that passes becomes a :class:`Validated` (mode, question, token budget); anything
+else raises InvalidRequest (INVALID_ARGUMENT) or Incompatible (FAILED_PRECONDITION).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alignedvq.v1 import inference_pb2 as pb
+from cloud_server.config import ServerConfig
+from cloud_server.loader import CloudModel
+from common.errors import Incompatible, InvalidRequest
+from common.features import fingerprint_bytes
+
+ENCODING_MODES = {pb.FEATURE_ENCODING_ALIGNEDVQ: "alignedvq", pb.FEATURE_ENCODING_FP16: "fp16",
+                  pb.FEATURE_ENCODING_INT8: "int8"}
+
+
+@dataclass(frozen=True)
+class Validated:
+    mode: str             # alignedvq | fp16 | int8 | image
+    question: str
+    max_new_tokens: int   # the client's, or the server's default; never over the limit
+    stages: int = 1       # chunks that must follow a codes header
+
+
+class RequestValidator:
+    def __init__(self, config: ServerConfig, model: CloudModel):
+        self.config, self.model = config, model
+
+    def image_request(self, request: pb.AnswerFromImageRequest) -> Validated:
+        # The image itself is checked when it is decoded (prepare), off the event loop.
+        return Validated("image", self._question(request.question),
+                         self._max_new_tokens(request.generation))
+
+    def codes_header(self, header: pb.CodesHeader) -> Validated:
+        """Refuses anything this server cannot decode."""
+        c, model_id = self.model.cloud, self.model.model_id
+        if header.vision_fingerprint != fingerprint_bytes(c.vision_fingerprint):
+            raise Incompatible(f"the request was encoded by vision weights "
+                               f"{header.vision_fingerprint.hex() or '(none)'}, this server runs "
+                               f"{c.vision_fingerprint[:16]} (model {model_id}, split layer "
+                               f"{c.split.split_layer})")
+        mode = ENCODING_MODES.get(header.encoding)
+        if mode is None:
+            raise InvalidRequest(f"unknown feature encoding {header.encoding}; expected one of "
+                                 f"{sorted(ENCODING_MODES)}")
+        if header.tokens != c.tokens:
+            raise InvalidRequest(f"header says {header.tokens} tokens; this model's split sends "
+                                 f"{c.tokens}")
+        stages = 1
+        if mode == "alignedvq":
+            if c.codec is None:
+                raise Incompatible("this server runs without a codec; send fp16/int8 features "
+                                   "or an image")
+            if header.codec_fingerprint != fingerprint_bytes(c.codec_fingerprint):
+                raise Incompatible(f"the request was encoded with codec "
+                                   f"{header.codec_fingerprint.hex() or '(none)'}, this server "
+                                   f"decodes codec {c.codec_fingerprint}")
+            cfg = c.codec.config
+            if (header.bits, header.stages) != (cfg.bits, cfg.stages):
+                raise InvalidRequest(f"header says {header.bits} bits x {header.stages} stages; "
+                                     f"the codec uses {cfg.bits} bits x {cfg.stages} stages")
+            stages = header.stages
+        return Validated(mode, self._question(header.question),
+                         self._max_new_tokens(header.generation), stages)
+
+    def _question(self, question: str) -> str:
+        if not question.strip():
+            raise InvalidRequest("the question is empty; send a non-empty UTF-8 question")
+        if len(question) > self.config.max_question_chars:
+            raise InvalidRequest(f"the question has {len(question)} characters; at most "
+                                 f"{self.config.max_question_chars} are accepted")
+        return question
+
+    def _max_new_tokens(self, params: pb.GenerationParams) -> int:
+        asked = params.max_new_tokens
+        if asked > self.config.max_new_tokens:
+            raise InvalidRequest(f"max_new_tokens {asked} is over this server's limit of "
+                                 f"{self.config.max_new_tokens}")
+        return asked or self.config.max_new_tokens
+
+
+class CodesReader:
+    """The AnswerFromCodes message order: the header, then one chunk per stage, in order;
+    anything else is refused. Fed one message at a time as they arrive."""
+
+    def __init__(self, validator: RequestValidator):
+        self.validator = validator
+        self.request: Validated | None = None
+        self.chunks: list[bytes] = []
+
+    @property
+    def mode(self) -> str:
+        return self.request.mode if self.request else "-"
+
+    def feed(self, message: pb.AnswerFromCodesRequest) -> None:
+        part = message.WhichOneof("part")
+        if part == "header":
+            if self.request is not None:
+                raise InvalidRequest("a second header arrived; send exactly one header, then "
+                                     "the chunks")
+            self.request = self.validator.codes_header(message.header)
+        elif part == "chunk":
+            if self.request is None:
+                raise InvalidRequest("a chunk arrived before the header; send the header first")
+            expected, got = self.request.stages, len(self.chunks)
+            if message.chunk.stage != got or got >= expected:
+                raise InvalidRequest(f"chunk for stage {message.chunk.stage} arrived; expected "
+                                     f"stage {got} of {expected}")
+            self.chunks.append(message.chunk.packed_indices)
+        else:
+            raise InvalidRequest("an empty request message arrived; set header or chunk")
+
+    def finish(self) -> tuple[Validated, list[bytes]]:
+        if self.request is None:
+            raise InvalidRequest("the stream ended without a header")
+        return self.request, self.chunks
