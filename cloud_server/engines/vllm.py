@@ -189,8 +189,8 @@ class VllmEngine(GenerationEngine):
             raise ShuttingDown("the server is shutting down; retry on another replica")
         if self.admitted >= self.max_running + self.max_queued:
             raise Overloaded(f"{self.admitted} requests are running or queued (at most "
-                             f"{self.max_running} running and {self.max_queued} waiting); "
-                             f"retry later")
+                             f"{self.max_running} running, --max-batch-size, and "
+                             f"{self.max_queued} waiting, --max-queued); retry later")
         self.idle.clear()
         ticket = _Ticket(self)
         return _Stream(self._generate(request, ticket), ticket)
