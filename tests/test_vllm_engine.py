@@ -3,7 +3,7 @@ each for the module (vLLM starts its engine core process and loads the model: sl
 
 Same greedy answers from both engines (a fresh 600-question split in alignedvq mode; a few
 questions in fp16, int8 and image modes), streamed deltas that concatenate to the answer,
-cancellation that frees the slot, RESOURCE_EXHAUSTED at a full queue, and SIGTERM with 8
+cancellation that aborts the request in vLLM and frees the slot, RESOURCE_EXHAUSTED at a full queue, and SIGTERM with 8
 requests in flight (last: it stops the module's vLLM server).
 """
 
@@ -132,38 +132,41 @@ def test_streamed_deltas_concatenate_to_the_answer(vllm_server):
         assert summary.tokens_generated >= 1
 
 
-def _long_question_messages():
-    # Out of the training distribution, so the tiny model does not stop after one word: the
-    # answer runs to max_new_tokens, and cancelling after the first delta is mid-generation.
+def _messages(question="how many objects are there?"):
     e = edge("alignedvq")
     chunks = e.chunks([open_image(SAMPLES_DIR / "images" / "sample0.png")])[0]
-    return e.messages(chunks, "describe the whole picture, object by object, in detail",
-                      max_new_tokens=32)
+    return e.messages(chunks, question, max_new_tokens=32)
 
 
-def test_cancelling_mid_generation_frees_the_slot(vllm_server):
+def test_cancelling_aborts_the_request_in_vllm_and_frees_the_slot(vllm_server):
+    """The embedded model answers in one word, so a request spends only milliseconds inside
+    vLLM: cancels are swept over the first 100 ms after sending, 8 at a time (the capacity), so
+    some land while vLLM holds the request (waiting or generating); the server logs each abort
+    it passes to vLLM."""
     stub = stub_of(vllm_server)
-    messages = _long_question_messages()
-    for _ in range(8):  # the whole capacity (4 running + 4 waiting), each cancelled
-        call = stub.AnswerFromCodes(iter(messages), timeout=120)
-        first = next(call)
-        assert first.WhichOneof("part") in ("text_delta", "summary")
-        call.cancel()
+    messages = _messages()
+    aborted_before = vllm_server.log().count("aborted in vLLM")
+    for delay_ms in range(0, 100, 5):
+        calls = [stub.AnswerFromCodes(iter(messages), timeout=120) for _ in range(8)]
+        time.sleep(delay_ms / 1000)  # where in the request's life the cancel lands
+        for call in calls:
+            call.cancel()
     deadline = time.monotonic() + 30
     while (metric(vllm_server, "alignedvq_batch_size") or
            metric(vllm_server, "alignedvq_queue_depth")) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert metric(vllm_server, "alignedvq_batch_size") == 0
     assert metric(vllm_server, "alignedvq_queue_depth") == 0
+    assert vllm_server.log().count("aborted in vLLM") > aborted_before
     # Every slot is free again: a full capacity of new requests is admitted and answered.
     with ThreadPoolExecutor(8) as pool:
         summaries = list(pool.map(lambda _: ask(stub, messages)[1], range(8)))
-    assert all(s.tokens_generated >= 1 for s in summaries)
+    assert all(s.answer for s in summaries)
 
 
 def test_a_full_queue_gets_resource_exhausted_and_nothing_else(vllm_server):
     stub = stub_of(vllm_server)
-    messages = _long_question_messages()
+    messages = _messages()
     codes, gate = [], threading.Barrier(24)
 
     def one():

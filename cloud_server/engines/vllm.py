@@ -22,6 +22,7 @@ does, so both engines decode the same sequence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -127,6 +128,41 @@ class _Stream:
             self.ticket.release()
 
 
+class _Progress:
+    """One request's outputs so far. The answer is stripped (as the builtin engine's), so
+    leading whitespace is dropped and trailing whitespace held back until text follows it: the
+    deltas then concatenate to exactly the answer."""
+
+    def __init__(self):
+        self.sent: list[str] = []
+        self.pending = ""
+        self.tokens = self.batch = 0
+        self.finished = False
+        self.metrics = None
+
+    def update(self, out, running) -> str:
+        self.finished = out.finished
+        completion = out.outputs[0]
+        self.tokens += len(completion.token_ids)
+        self.metrics = out.metrics or self.metrics
+        if not self.batch:
+            self.batch = running()  # vLLM's batch when this request's first output came
+        text = self.pending + completion.text
+        if not self.sent:
+            text = text.lstrip()
+        piece = text.rstrip()
+        self.pending = text[len(piece):]
+        if piece:
+            self.sent.append(piece)
+        return piece
+
+    def queue_ms(self) -> float:
+        m = self.metrics
+        if m is not None and m.scheduled_ts and m.queued_ts:
+            return max(0.0, (m.scheduled_ts - m.queued_ts) * 1000)
+        return 0.0
+
+
 class VllmEngine(GenerationEngine):
     name = "vllm"
 
@@ -211,29 +247,23 @@ class VllmEngine(GenerationEngine):
                       "multi_modal_data": {"image": embeds.detach().cpu()[None]}}
             # vLLM needs ids unique among its live requests; a client may reuse its own.
             vllm_id = f"{request.request_id}-{next(self.ids)}"
-            sent, pending, tokens, batch, metrics = [], "", 0, 0, None
-            async for out in self.llm.generate(prompt, params, vllm_id):
-                completion = out.outputs[0]
-                tokens += len(completion.token_ids)
-                metrics = out.metrics or metrics
-                if not batch:
-                    batch = self._running()
-                # The answer is stripped (as the builtin engine's), so leading whitespace is
-                # dropped and trailing whitespace held back until text follows it: the deltas
-                # then concatenate to exactly the answer.
-                text = pending + completion.text
-                if not sent:
-                    text = text.lstrip()
-                piece = text.rstrip()
-                pending = text[len(piece):]
-                if piece:
-                    sent.append(piece)
-                    yield piece
+            state = _Progress()
+            # aclosing: when our stream is closed early, vLLM's generator is closed at once (not
+            # whenever it is garbage-collected), and closing it aborts the request in vLLM.
+            async with contextlib.aclosing(self.llm.generate(prompt, params, vllm_id)) as outs:
+                try:
+                    async for out in outs:
+                        piece = state.update(out, self._running)
+                        if piece:
+                            yield piece
+                finally:
+                    if not state.finished:  # closed early: client gone or deadline passed
+                        log.info("request %s aborted in vLLM after %d tokens", vllm_id,
+                                 state.tokens)
             done = time.perf_counter()
-            queue_ms = 0.0
-            if metrics is not None and metrics.scheduled_ts and metrics.queued_ts:
-                queue_ms = max(0.0, (metrics.scheduled_ts - metrics.queued_ts) * 1000)
-            yield Finished(text="".join(sent), tokens=tokens, batch_size=max(batch, 1),
+            queue_ms = state.queue_ms()
+            yield Finished(text="".join(state.sent), tokens=state.tokens,
+                           batch_size=max(state.batch, 1),
                            prepare_ms=(prepared - started) * 1000, queue_ms=queue_ms,
                            generate_ms=max(0.0, (done - prepared) * 1000 - queue_ms))
         finally:
