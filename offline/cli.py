@@ -69,7 +69,7 @@ def _bench(args) -> int:
         from benchmarks.batching import main as batching
 
         return batching(quick=args.quick, as_json=args.json, model=args.model,
-                        codec=args.codec)
+                        codec=args.codec, engines=args.engines)
     if args.suite == "load":
         from benchmarks.load import main as load
 
@@ -215,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder on a GPU box; the server picks the GPU itself)")
     p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR),
                    help="batching only: a codec trained for --model")
+    p.add_argument("--engines", choices=("builtin", "vllm", "both"), default="builtin",
+                   help="batching only: builtin (batching off and on), vllm (builtin batching "
+                        "off and the vLLM engine) or both (all three in one run; vLLM needs "
+                        "the vllm extra)")
     p.add_argument("--clients", type=int, default=32, help="load only: concurrent clients")
     p.add_argument("--seconds", type=float, default=60.0,
                    help="load only: seconds per server configuration (--quick: 5)")

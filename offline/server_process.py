@@ -39,7 +39,7 @@ class ServerProcess:
             self.lines.append(line)
             if "listening on" in line:
                 self._listening.set()
-            if "ready" in line:
+            if line.startswith("cloud-server ready"):
                 self._ready.set()
 
     def _read_stderr(self):

