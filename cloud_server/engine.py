@@ -5,11 +5,9 @@ is generating)."""
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from PIL import Image
 
 from alignedvq.v1 import inference_pb2 as pb
 from cloud_server.batching import Row
@@ -17,7 +15,7 @@ from cloud_server.config import ServerConfig
 from cloud_server.scheduler import Job, Scheduler
 from common.errors import Incompatible, InvalidRequest
 from common.features import PayloadError, fingerprint_bytes
-from common.llava_io import ImageTooLarge, open_image
+from common.images import ImageRefused, load_model_input, processor_size
 from common.pipeline import CloudHalf
 from common.split import EdgeVision
 
@@ -140,14 +138,12 @@ class Engine:
         if not data:
             raise InvalidRequest("the image is empty; send JPEG or PNG bytes")
         try:
-            # The same decoding as the edge's (EXIF rotation, alpha on white), so both modes see
-            # the same pixels.
-            image = open_image(io.BytesIO(data), self.config.max_image_pixels)
-        except ImageTooLarge as e:
-            raise InvalidRequest(str(e)) from None
-        except (OSError, Image.DecompressionBombError, ValueError) as e:
-            raise InvalidRequest(f"the image could not be decoded ({e}); send JPEG or PNG "
-                                 "bytes") from None
+            # The edge's image policy (common/images.py): the same refusals, conversions and
+            # crop, in bounded memory, so both modes see the same pixels.
+            image = load_model_input(data, processor_size(self.image_processor),
+                                     self.config.max_image_pixels)
+        except ImageRefused as e:
+            raise InvalidRequest(f"{e}; send JPEG or PNG bytes") from None
         pixels = self.image_processor(images=[image], return_tensors="pt").pixel_values
         return self.vision(pixels.to(self.cloud.model.device))[0]
 
