@@ -86,7 +86,10 @@ def _open(source) -> Image.Image:
                            f"service reads (JPEG, PNG, GIF, BMP, TIFF, WebP, ...; not SVG or "
                            f"other vector formats)") from None
     except OSError as e:
-        raise ImageRefused(f"{name} could not be read: {e.strerror or e}") from None
+        if e.errno is not None:  # the file system's refusal (permissions, I/O)
+            raise ImageRefused(f"{name} could not be read: {e.strerror}") from None
+        raise ImageRefused(f"{name} could not be decoded: the data is truncated or corrupt "
+                           f"({e})") from None
 
 
 def _check_size(im: Image.Image, name: str, max_pixels: int) -> None:
