@@ -116,7 +116,11 @@ def main(argv: list[str] | None = None) -> int:
         ch = channel(args.server, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
                      tls_key=args.tls_key, tls_server_name=args.tls_server_name)
         stub = pb_grpc.InferenceServiceStub(ch)
-        retry = Retrying(ch, grpc_target(args.server), args.timeout, wait=not args.no_wait)
+        retry = Retrying(ch, grpc_target(args.server), args.timeout, wait=not args.no_wait,
+                         on_wait=lambda e: print(
+                             f"edge-agent: waiting for {args.server} ({e.code().name}: "
+                             f"{e.details()}); retrying for up to --timeout {args.timeout:g} s",
+                             file=sys.stderr, flush=True))
     except (OSError, ValueError) as e:
         print(f"edge-agent: {e}", file=sys.stderr)
         return 2

@@ -93,8 +93,11 @@ class Retrying:
     """Runs calls against one channel with waiting and retries, each within ``timeout``
     seconds; ``wait=False`` is fail-fast (one attempt, gRPC's default)."""
 
-    def __init__(self, channel: grpc.Channel, target: str, timeout: float, wait: bool = True):
+    def __init__(self, channel: grpc.Channel, target: str, timeout: float, wait: bool = True,
+                 on_wait: Callable[[grpc.RpcError], None] = lambda error: None):
+        """``on_wait`` is told, once, the first time a call waits or retries."""
         self.channel, self.target, self.timeout, self.wait = channel, target, timeout, wait
+        self._on_wait, self._told = on_wait, False
 
     def __call__(self, invoke: Callable[[float], T]) -> T:
         """``invoke(seconds_left)`` makes one attempt with that deadline."""
@@ -110,6 +113,9 @@ class Retrying:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise last
+            if not self._told:
+                self._told = True
+                self._on_wait(last)
             if last.code() == grpc.StatusCode.UNAVAILABLE and not channel_ready(self.channel, 0):
                 self._wait_for_channel(last, deadline)
                 continue  # it just became ready: no backoff

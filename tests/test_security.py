@@ -238,6 +238,34 @@ def test_health_and_reflection_need_no_token(servers, pki):
     assert "alignedvq.v1.InferenceService" in names
 
 
+def healthcheck(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The container HEALTHCHECK's command, as a real process."""
+    import os
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ALIGNEDVQ_")}
+    return subprocess.run([sys.executable, "-m", "cloud_server.healthcheck", *map(str, args)],
+                          capture_output=True, text=True, timeout=60, env={**clean, **(env or {})})
+
+
+def test_healthcheck_against_tls_and_mtls_servers(servers, pki):
+    tls, mtls = servers["tls"].address, servers["mtls"].address
+    ok = healthcheck("--address", tls, "--tls-ca", pki["ca"])
+    assert ok.returncode == 0 and "SERVING" in ok.stdout, ok.stderr
+    # The container's way: the server's own env says TLS, the probe's CA comes from env too.
+    ok = healthcheck("--address", tls, env={"ALIGNEDVQ_TLS_CERT": str(pki["server_cert"]),
+                                            "ALIGNEDVQ_HEALTHCHECK_TLS_CA": str(pki["ca"])})
+    assert ok.returncode == 0 and "SERVING" in ok.stdout, ok.stderr
+    plain = healthcheck("--address", tls)
+    assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
+    assert "--tls-ca" in plain.stderr and "Traceback" not in plain.stderr
+    ok = healthcheck("--address", mtls, "--tls-ca", pki["ca"], "--tls-cert", pki["client_cert"],
+                     "--tls-key", pki["client_key"])
+    assert ok.returncode == 0 and "SERVING" in ok.stdout, ok.stderr
+    refused = healthcheck("--address", mtls, "--tls-ca", pki["ca"])
+    assert refused.returncode == 1 and "--tls-cert" in refused.stderr
+
+
 def test_good_request_after_refusals(servers, pki):
     stub = pb_grpc.InferenceServiceStub(channel(servers["tls"].address, tls_ca=pki["ca"]))
     assert answer_from_image(stub, auth_metadata(TOKEN)).strip()
