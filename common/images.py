@@ -92,7 +92,9 @@ def _open(source) -> Image.Image:
                            f"({e})") from None
 
 
-def _check_size(im: Image.Image, name: str, max_pixels: int) -> None:
+def _check_size(im: Image.Image, name: str, max_pixels: int | None) -> None:
+    # None is not "unlimited": Pillow's own check is off (above), so some limit always holds.
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     w, h = im.size
     if w < 1 or h < 1:
         raise ImageRefused(f"{name} has no pixels ({w} x {h})")
