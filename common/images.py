@@ -288,6 +288,8 @@ def checkpoint_image_size(model_dir: str | Path) -> int:
 
 def _square_size(size, crop) -> int:
     def get(d, k):
+        if isinstance(d, int):  # older configs: "size": 224, "crop_size": 224
+            return d
         return d.get(k) if isinstance(d, dict) else getattr(d, k, None)
 
     short = get(size, "shortest_edge")

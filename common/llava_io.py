@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from common.images import ImageRefused, open_image  # noqa: F401  (re-exported)
 

@@ -82,10 +82,12 @@ def listener_accepts(target: str, timeout: float = 1.0) -> bool:
 
 
 def channel_ready(channel: grpc.Channel, timeout: float) -> bool:
+    future = grpc.channel_ready_future(channel)
     try:
-        grpc.channel_ready_future(channel).result(timeout=max(0.0, timeout))
+        future.result(timeout=max(0.0, timeout))
         return True
     except grpc.FutureTimeoutError:
+        future.cancel()  # unsubscribes from the channel's state changes
         return False
 
 
