@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except grpc.RpcError as e:
         print(f"edge-agent: {e.code().name}: {e.details()}", file=sys.stderr)
-        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
-                and not args.no_wait:
+        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        grpc.StatusCode.DEADLINE_EXCEEDED) and not args.no_wait:
             print(f"edge-agent: no answer from {args.server} within --timeout "
                   f"{args.timeout:g} s", file=sys.stderr)
         return 1

@@ -118,10 +118,15 @@ class Retrying:
             if not self._told:
                 self._told = True
                 self._on_wait(last)
-            if last.code() == grpc.StatusCode.UNAVAILABLE and not channel_ready(self.channel, 0):
+            if last.code() == grpc.StatusCode.UNAVAILABLE and not channel_ready(self.channel,
+                                                                                0.05):
                 self._wait_for_channel(last, deadline)
-                continue  # it just became ready: no backoff
-            time.sleep(min(left, random.uniform(0, backoff)))  # full jitter
+            # Also after the channel got READY: a server that listens while its model loads
+            # answers UNAVAILABLE at once, and must not be asked in a tight loop.
+            time.sleep(max(0.0, min(deadline - time.monotonic(),
+                                     random.uniform(0, backoff))))  # full jitter
+            if time.monotonic() >= deadline:
+                raise last  # the reason it kept retrying, not an attempt with no time left
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     def _wait_for_channel(self, last: grpc.RpcError, deadline: float) -> None:

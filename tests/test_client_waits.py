@@ -33,10 +33,13 @@ def test_edge_agent_started_before_the_server_gets_the_answer_once_it_is_up():
         waiting = edge.stderr.readline()
         assert waiting.startswith(f"edge-agent: waiting for 127.0.0.1:{port} (UNAVAILABLE"), \
             waiting
-        with ServerProcess("--port", str(port)):
+        with ServerProcess("--port", str(port)) as server:
             out, err = edge.communicate(timeout=300)
         assert edge.returncode == 0, err
         assert json.loads(out.strip().splitlines()[-1])["answer"] == ANSWER
+        # Calls refused while the model loads are retried with backoff (0.1 s doubling to 2 s),
+        # not in a tight loop (an upper bound: the log reader may lag, never run ahead).
+        assert server.log().count("the model is still loading") < 60
     finally:
         edge.kill()
 
@@ -83,6 +86,7 @@ def test_resource_exhausted_is_retried_with_backoff_within_timeout(capsys):
         assert refused(metrics) == 1
         assert main([*common, "--timeout", "2"]) == 1
         err = capsys.readouterr().err
-        assert "waiting for" in err and "edge-agent: RESOURCE_EXHAUSTED" in err
+        assert f"waiting for {server.address} (RESOURCE_EXHAUSTED" in err
+        assert "within --timeout 2 s" in err
         # Backoff 0.1 s doubling, full jitter: at least 5 attempts fit in 2 s, not hundreds.
         assert 5 <= refused(metrics) - 1 <= 40
