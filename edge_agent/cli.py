@@ -21,7 +21,8 @@ from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
 from common.request_ids import METADATA_KEY, is_valid, new_request_id
 from edge_agent.client import (IncompatibleServer, ask_with_codes, ask_with_image, auth_metadata,
                                channel, check_compatible, grpc_target, read_token, server_info)
-from edge_agent.retry import ConnectionRefusedByServer, Retrying
+from edge_agent.retry import (ConnectionRefusedByServer, Retrying, channel_ready,
+                              listener_accepts)
 
 TLS_HINT = ("edge-agent: the server refused the connection (TLS handshake): a TLS server needs "
             "--tls-ca (the CA that signed its certificate), one that requires client "
@@ -160,8 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except grpc.RpcError as e:
         print(f"edge-agent: {e.code().name}: {e.details()}", file=sys.stderr)
-        if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        grpc.StatusCode.DEADLINE_EXCEEDED) and not args.no_wait:
+        if args.no_wait:
+            # One attempt, so no waiting told the cases apart: ask the same question here.
+            if e.code() == grpc.StatusCode.UNAVAILABLE and not channel_ready(ch, 0.05) and \
+                    listener_accepts(grpc_target(args.server)):
+                print(TLS_HINT, file=sys.stderr)
+        elif e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          grpc.StatusCode.DEADLINE_EXCEEDED):
             print(f"edge-agent: no answer from {args.server} within --timeout "
                   f"{args.timeout:g} s", file=sys.stderr)
         return 1

@@ -192,7 +192,7 @@ def test_edge_agent_over_tls_with_token_answers(servers, pki, token_file):
     assert "without TLS" not in run.stderr
 
 
-def test_wrong_ca_is_refused(servers, pki, token_file):
+def test_wrong_ca_is_refused(servers, pki, token_file, capsys):
     stub = pb_grpc.InferenceServiceStub(channel(servers["tls"].address, tls_ca=pki["other_ca"]))
     error = status_of(call, stub, "GetServerInfo", auth_metadata(TOKEN))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
@@ -203,6 +203,14 @@ def test_wrong_ca_is_refused(servers, pki, token_file):
                      timeout=60)
     assert run.returncode == 1
     assert "UNAVAILABLE" in run.stderr and "--tls-ca" in run.stderr
+    # --no-wait (one attempt) gives the same hint; in-process, the console script's main().
+    from edge_agent.cli import main as edge_main
+
+    assert edge_main(["--image", str(IMAGE), "--question", QUESTION, "--mode", "image",
+                      "--server", servers["tls"].address, "--tls-ca", str(pki["other_ca"]),
+                      "--no-wait"]) == 1
+    err = capsys.readouterr().err
+    assert "UNAVAILABLE" in err and "TLS handshake" in err and "--tls-ca" in err
 
 
 def test_plaintext_client_is_refused_by_tls_server(servers):
