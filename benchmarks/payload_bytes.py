@@ -9,14 +9,14 @@ Two geometries:
   paper counted 577). No trained 7B codec exists here and none is needed for a size: a payload's
   length is fixed by tokens x bits x stages, so indices are packed with ``common.packing`` and
   the real ``AnswerFromCodes`` messages (header with fingerprints + chunks) are serialised. The
-  JPEG rows encode real photographs (scikit-image's samples) exactly as the model sees them.
+  JPEG rows encode real photographs (scikit-image's samples) exactly as the model sees them
+  (``common.images.jpeg_baseline``, the one baseline function the edge and eval use too).
 
 The question is excluded everywhere: it is the same few dozen bytes in every mode.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import statistics
 from pathlib import Path
@@ -29,6 +29,7 @@ from alignedvq.v1 import inference_pb2 as pb
 from common.codec import AlignedVQ, CodecConfig
 from common.features import (AlignedVQEncoding, Fp16Encoding, Int8Encoding, request_messages,
                              wire_bytes)
+from common.images import jpeg_baseline
 from common.packing import pack
 from common.paths import DEFAULT_MODEL_DIR
 
@@ -47,22 +48,6 @@ PAPER = {"alignedvq 12 bits": 865.5, "fp16 features": 1_181_696,
 
 def image_request_bytes(jpeg: bytes) -> int:
     return len(pb.AnswerFromImageRequest(image=jpeg).SerializeToString())
-
-
-def jpeg(image: Image.Image, quality: int) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def clip_input(image: Image.Image, size: int) -> Image.Image:
-    """What llava-1.5's CLIPImageProcessor feeds the model: the shortest side resized to
-    ``size`` (bicubic), then the centre ``size`` x ``size`` crop."""
-    scale = size / min(image.size)
-    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-    image = image.resize((w, h), Image.Resampling.BICUBIC)
-    left, top = (w - size) // 2, (h - size) // 2
-    return image.crop((left, top, left + size, top + size))
 
 
 def sample_photos() -> dict[str, Image.Image]:
@@ -89,7 +74,6 @@ def tiny_rows(test_questions: Path, codecs: dict, limit: int) -> dict:
     """Real images of the test split through the real edge half, one row per encoding."""
     from common.llava_io import open_image
     from common.pipeline import EdgeHalf
-    from edge_agent.client import jpeg_upload
 
     root = test_questions.resolve().parent
     rows_ = [json.loads(line) for line in test_questions.read_text().splitlines() if line]
@@ -115,7 +99,7 @@ def tiny_rows(test_questions: Path, codecs: dict, limit: int) -> dict:
     size = edge.vision.config.vision_config.image_size
     for q in JPEG_QUALITIES:
         rows.append(_row(f"JPEG q{q} (cloud-only)",
-                         [image_request_bytes(jpeg_upload(im, size, q)) for im in images], fp16,
+                         [image_request_bytes(jpeg_baseline(im, size, q)) for im in images], fp16,
                          quality=q))
     return {"geometry": f"embedded tiny LLaVA: {edge.tokens} tokens x {feats.shape[-1]}, "
                         f"{size}-px images", "tokens": edge.tokens, "dim": int(feats.shape[-1]),
@@ -159,7 +143,7 @@ def llava7b_rows(rates) -> dict:
     for q in JPEG_QUALITIES:
         values = []
         for name, photo in photos.items():
-            n = image_request_bytes(jpeg(clip_input(photo, g["image_size"]), q))
+            n = image_request_bytes(jpeg_baseline(photo, g["image_size"], q))
             per_image.setdefault(name, {})[f"q{q}"] = n
             values.append(n)
         rows.append(_row(f"JPEG q{q} (cloud-only)", values, fp16, quality=q))

@@ -5,16 +5,14 @@ raise InvalidRequest."""
 from __future__ import annotations
 
 import functools
-import io
 from typing import Callable
 
 import torch
-from PIL import Image
 
 from cloud_server.loader import CloudModel
 from common.errors import InvalidRequest
 from common.features import PayloadError
-from common.llava_io import ImageTooLarge, open_image
+from common.images import ImageRefused, load_model_input, processor_size
 from common.split import features_at_cut
 
 
@@ -43,13 +41,11 @@ class Preparer:
     def image_features(self, data: bytes) -> torch.Tensor:
         if not data:
             raise InvalidRequest("the image is empty; send JPEG or PNG bytes")
+        processor = self.model.image_processor
         try:
-            # The same decoding as the edge's (EXIF rotation, alpha on white), so both modes see
-            # the same pixels.
-            image = open_image(io.BytesIO(data), self.max_image_pixels)
-        except ImageTooLarge as e:
-            raise InvalidRequest(str(e)) from None
-        except (OSError, Image.DecompressionBombError, ValueError) as e:
-            raise InvalidRequest(f"the image could not be decoded ({e}); send JPEG or PNG "
-                                 "bytes") from None
-        return features_at_cut(self.model.vision, self.model.image_processor, [image])[0]
+            # The edge's image policy (common/images.py): the same refusals, conversions and
+            # crop, in bounded memory, so both modes see the same pixels.
+            image = load_model_input(data, processor_size(processor), self.max_image_pixels)
+        except ImageRefused as e:
+            raise InvalidRequest(f"{e}; send JPEG or PNG bytes") from None
+        return features_at_cut(self.model.vision, processor, [image])[0]

@@ -1,6 +1,7 @@
 """The feature modes, owned here: their names, wire enum, how features at the cut are encoded
 into request messages and decoded back, and their payload size. Edge, cloud, eval and the
-benchmarks take the vocabulary from this module.
+benchmarks take the vocabulary from this module (the names themselves sit in the torch-free
+:mod:`common.modes`).
 
 Three encodings share one message layout (a ``CodesHeader`` then ``CodesChunk``\\ s):
 AlignedVQ indices, and the raw fp16 and per-token int8 baselines. The fourth way to ask,
@@ -16,6 +17,7 @@ import torch
 
 from alignedvq.v1 import inference_pb2 as pb
 from common.codec import AlignedVQ
+from common.modes import ALIGNEDVQ, EDGE_MODES, FEATURE_MODES, FP16, IMAGE_MODE, INT8  # noqa: F401
 from common.packing import pack, packed_size, unpack
 
 
@@ -135,10 +137,6 @@ class Int8Encoding(FeatureEncoding):
         return torch.from_numpy(q * scale)
 
 
-ALIGNEDVQ, FP16, INT8 = "alignedvq", "fp16", "int8"
-FEATURE_MODES = (ALIGNEDVQ, FP16, INT8)   # features at the cut cross the wire
-IMAGE_MODE = "image"                      # the image crosses (AnswerFromImage)
-EDGE_MODES = (ALIGNEDVQ, IMAGE_MODE, FP16, INT8)  # edge-agent --mode, default first
 
 _ENCODINGS: dict[str, type[FeatureEncoding]] = {
     ALIGNEDVQ: AlignedVQEncoding, FP16: Fp16Encoding, INT8: Int8Encoding}

@@ -15,12 +15,20 @@ from pathlib import Path
 import grpc
 
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.features import EDGE_MODES, FEATURE_MODES, IMAGE_MODE
-from common.llava_io import default_device, open_image
+from common.modes import ALIGNEDVQ, EDGE_MODES, FEATURE_MODES, IMAGE_MODE
+from common.images import (DEFAULT_MAX_PIXELS, ImageRefused, check_image, checkpoint_image_size,
+                           load_model_input)
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
 from common.request_ids import METADATA_KEY, is_valid, new_request_id
 from edge_agent.client import (IncompatibleServer, ask_with_codes, ask_with_image, auth_metadata,
-                               channel, check_compatible, read_token, server_info)
+                               channel, check_compatible, grpc_target, read_token, server_info)
+from edge_agent.retry import (ConnectionRefusedByServer, Retrying, channel_ready,
+                              listener_accepts)
+
+TLS_HINT = ("edge-agent: the server refused the connection (TLS handshake): a TLS server needs "
+            "--tls-ca (the CA that signed its certificate), one that requires client "
+            "certificates also needs --tls-cert/--tls-key signed by its --tls-client-ca, and a "
+            "plaintext server needs no --tls-* flag")
 
 # The RPC each mode calls (for --dump-payload): features go to AnswerFromCodes, images to
 # AnswerFromImage.
@@ -31,7 +39,13 @@ METHODS = {**{mode: "/alignedvq.v1.InferenceService/AnswerFromCodes" for mode in
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image", required=True, help="any image PIL opens (JPEG, PNG, ...)")
+    p.add_argument("--image", required=True,
+                   help="any raster image Pillow reads (JPEG, PNG, GIF, TIFF, WebP, ...); "
+                        "EXIF rotation applied, alpha flattened on white, 16-bit and float "
+                        "images scaled to 8 bits; refused with exit code 2 when unreadable")
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse images whose header claims more pixels (default %(default)s), "
+                        "before decoding them")
     p.add_argument("--question", required=True, help="the question, in the model's language")
     p.add_argument("--server", default="127.0.0.1:50051",
                    help="cloud server HOST:PORT; a comma-separated list of IP:PORT replicas, or "
@@ -60,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jpeg-quality", type=int, default=90,
                    help="--mode image: JPEG quality (90 is the paper's baseline)")
     p.add_argument("--max-new-tokens", type=int, default=0, help="0 = the server's default")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds per call, waiting for a starting server and retries included")
+    p.add_argument("--no-wait", action="store_true",
+                   help="fail at once when the server is not up or says UNAVAILABLE / "
+                        "RESOURCE_EXHAUSTED (default: wait for it and retry with exponential "
+                        "backoff and jitter, within --timeout)")
     p.add_argument("--request-id", default=None,
                    help="id the server logs this request under and echoes back (letters, "
                         "digits, ._:/+=@-; at most 128); default: a random one")
@@ -75,57 +94,84 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The image is checked (image mode) or made into the model's input square (feature modes)
+    # before the model loads and before anything goes on the network: a bad file exits 2 at
+    # once, and a large image is decoded while the process is still small.
     try:
-        image = open_image(args.image)
-    except (OSError, ValueError) as e:
-        print(f"edge-agent: cannot open image {args.image}: {e}", file=sys.stderr)
+        if args.mode == IMAGE_MODE:
+            check_image(args.image, args.max_image_pixels)
+            image = None
+        else:
+            image = load_model_input(args.image, checkpoint_image_size(args.model),
+                                     args.max_image_pixels)
+    except ImageRefused as e:
+        print(f"edge-agent: cannot use the image: {e}", file=sys.stderr)
         return 2
-    try:
-        metadata = auth_metadata(read_token(args.auth_token_file)
-                                 if args.auth_token_file else None)
-        request_id = args.request_id or new_request_id()
-        if not is_valid(request_id):
-            raise ValueError(f"--request-id {request_id!r}: use 1-128 letters, digits or ._:/+=@-")
-        metadata = (*(metadata or ()), (METADATA_KEY, request_id))
-        stub = pb_grpc.InferenceServiceStub(channel(
-            args.server, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
-            tls_server_name=args.tls_server_name))
     except (OSError, ValueError) as e:
         print(f"edge-agent: {e}", file=sys.stderr)
         return 2
-    if metadata and not (args.tls_ca or args.tls_cert):
+    try:
+        token = read_token(args.auth_token_file) if args.auth_token_file else None
+        request_id = args.request_id or new_request_id()
+        if not is_valid(request_id):
+            raise ValueError(f"--request-id {request_id!r}: use 1-128 letters, digits or ._:/+=@-")
+        metadata = (*(auth_metadata(token) or ()), (METADATA_KEY, request_id))
+        ch = channel(args.server, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                     tls_key=args.tls_key, tls_server_name=args.tls_server_name)
+        stub = pb_grpc.InferenceServiceStub(ch)
+        retry = Retrying(ch, grpc_target(args.server), args.timeout, wait=not args.no_wait,
+                         on_wait=lambda e: print(
+                             f"edge-agent: waiting for {args.server} ({e.code().name}: "
+                             f"{e.details()}); retrying for up to --timeout {args.timeout:g} s",
+                             file=sys.stderr, flush=True))
+    except (OSError, ValueError) as e:
+        print(f"edge-agent: {e}", file=sys.stderr)
+        return 2
+    if token and not (args.tls_ca or args.tls_cert):
         print("edge-agent: warning: sending the bearer token without TLS; anyone on the path "
               "can read it (add --tls-ca)", file=sys.stderr)
     try:
-        info = server_info(stub, args.timeout, metadata)
+        info = server_info(stub, metadata=metadata, retry=retry)
         stream = (lambda t: None) if args.json else (lambda t: print(t, end="", flush=True))
-        if args.mode == "image":
+        if args.mode == IMAGE_MODE:
+            image = load_model_input(args.image, info.image_size, args.max_image_pixels)
             result = ask_with_image(stub, image, args.question, info.image_size,
-                                    args.jpeg_quality, args.max_new_tokens, stream, args.timeout,
-                                    metadata=metadata)
+                                    args.jpeg_quality, args.max_new_tokens, stream,
+                                    metadata=metadata, retry=retry)
         else:
             import torch
 
+            from common.llava_io import default_device
             from common.pipeline import EdgeHalf
 
             device = default_device() if args.device == "auto" else args.device
-            edge = EdgeHalf(args.model, args.codec if args.mode == "alignedvq" else None,
+            edge = EdgeHalf(args.model, args.codec if args.mode == ALIGNEDVQ else None,
                             args.mode, args.split_layer, device,
                             getattr(torch, args.dtype))
             check_compatible(info, edge)
             result = ask_with_codes(stub, edge, image, args.question, args.max_new_tokens,
-                                    stream, args.timeout, metadata=metadata)
+                                    stream, metadata=metadata, retry=retry)
+    except ImageRefused as e:
+        print(f"edge-agent: cannot use the image: {e}", file=sys.stderr)
+        return 2
     except IncompatibleServer as e:
         print(f"edge-agent: incompatible server: {e}", file=sys.stderr)
         return 3
+    except ConnectionRefusedByServer as e:
+        print(f"edge-agent: {e}", file=sys.stderr)
+        print(TLS_HINT, file=sys.stderr)
+        return 1
     except grpc.RpcError as e:
         print(f"edge-agent: {e.code().name}: {e.details()}", file=sys.stderr)
-        details = (e.details() or "").lower()
-        if "handshake" in details or "socket closed" in details:
-            print("edge-agent: the connection was refused during the TLS handshake: a TLS server "
-                  "needs --tls-ca (the CA that signed its certificate), and one that requires "
-                  "client certificates also needs --tls-cert/--tls-key signed by its "
-                  "--tls-client-ca", file=sys.stderr)
+        if args.no_wait:
+            # One attempt, so no waiting told the cases apart: ask the same question here.
+            if e.code() == grpc.StatusCode.UNAVAILABLE and not channel_ready(ch, 0.05) and \
+                    listener_accepts(grpc_target(args.server)):
+                print(TLS_HINT, file=sys.stderr)
+        elif e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          grpc.StatusCode.DEADLINE_EXCEEDED):
+            print(f"edge-agent: no answer from {args.server} within --timeout "
+                  f"{args.timeout:g} s", file=sys.stderr)
         return 1
     if args.dump_payload:
         Path(args.dump_payload).write_text(json.dumps({

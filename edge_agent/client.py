@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import ipaddress
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -14,7 +14,7 @@ from PIL import Image
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.features import fingerprint_bytes
+from common.images import jpeg_baseline
 
 
 class IncompatibleServer(RuntimeError):
@@ -44,6 +44,9 @@ class Result:
 
 def check_compatible(info: pb.GetServerInfoResponse, edge) -> None:
     """Refuse locally, before encoding anything, when the server could not decode our payload."""
+    # Imported here: common.features pulls in torch, which the image mode never needs.
+    from common.features import fingerprint_bytes
+
     if info.vision_fingerprint != fingerprint_bytes(edge.vision.fingerprint):
         raise IncompatibleServer(
             f"server runs vision weights {info.vision_fingerprint.hex()} (model {info.model_id}, "
@@ -56,13 +59,9 @@ def check_compatible(info: pb.GetServerInfoResponse, edge) -> None:
 
 
 def jpeg_upload(image: Image.Image, size: int, quality: int) -> bytes:
-    """The paper's baseline: the image at the model's input size, JPEG-encoded."""
-    scale = size / min(image.size)
-    resized = image.resize((max(size, round(image.width * scale)),
-                            max(size, round(image.height * scale))), Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    resized.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+    """The paper's baseline: exactly the square the model sees, JPEG-encoded
+    (:func:`common.images.jpeg_baseline`)."""
+    return jpeg_baseline(image, size, quality)
 
 
 def _finish(result: Result, responses, started: float, on_delta) -> Result:
@@ -83,9 +82,26 @@ def _finish(result: Result, responses, started: float, on_delta) -> Result:
     return result
 
 
+def _responses(open_call, timeout: float | None, retry):
+    """The call's response stream, its first response already received: a refusal (the
+    server's status) surfaces here, where it may still be retried, never after part of the
+    answer has been shown."""
+    def attempt(seconds: float | None):
+        responses = open_call(seconds)
+        try:
+            first = next(responses)
+        except StopIteration:
+            return iter(())
+        return itertools.chain([first], responses)
+
+    return retry(attempt) if retry is not None else attempt(timeout)
+
+
 def ask_with_codes(stub: pb_grpc.InferenceServiceStub, edge, image: Image.Image, question: str,
                    max_new_tokens: int = 0, on_delta=lambda text: None,
-                   timeout: float | None = None, metadata=None) -> Result:
+                   timeout: float | None = None, metadata=None, retry=None) -> Result:
+    """``retry`` (an :class:`edge_agent.retry.Retrying`) waits and retries within its own
+    timeout; without it the call makes one attempt within ``timeout``."""
     started = time.perf_counter()
     chunks = edge.chunks([image])[0]
     messages = edge.messages(chunks, question, max_new_tokens)
@@ -93,14 +109,15 @@ def ask_with_codes(stub: pb_grpc.InferenceServiceStub, edge, image: Image.Image,
     result.messages = [m.SerializeToString() for m in messages]
     result.payload_bytes = sum(map(len, result.messages))
     result.edge_ms = (time.perf_counter() - started) * 1000
-    responses = stub.AnswerFromCodes(iter(messages), timeout=timeout, metadata=metadata)
+    responses = _responses(lambda t: stub.AnswerFromCodes(iter(messages), timeout=t,
+                                                          metadata=metadata), timeout, retry)
     return _finish(result, responses, started, on_delta)
 
 
 def ask_with_image(stub: pb_grpc.InferenceServiceStub, image: Image.Image, question: str,
                    size: int, quality: int = 90, max_new_tokens: int = 0,
                    on_delta=lambda text: None, timeout: float | None = None,
-                   metadata=None) -> Result:
+                   metadata=None, retry=None) -> Result:
     started = time.perf_counter()
     request = pb.AnswerFromImageRequest(
         image=jpeg_upload(image, size, quality), question=question,
@@ -109,7 +126,8 @@ def ask_with_image(stub: pb_grpc.InferenceServiceStub, image: Image.Image, quest
     result.messages = [request.SerializeToString()]
     result.payload_bytes = len(result.messages[0])
     result.edge_ms = (time.perf_counter() - started) * 1000
-    responses = stub.AnswerFromImage(request, timeout=timeout, metadata=metadata)
+    responses = _responses(lambda t: stub.AnswerFromImage(request, timeout=t, metadata=metadata),
+                           timeout, retry)
     return _finish(result, responses, started, on_delta)
 
 
@@ -172,23 +190,13 @@ def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
 
 
 def server_info(stub: pb_grpc.InferenceServiceStub, timeout: float | None = None,
-                metadata=None) -> pb.GetServerInfoResponse:
-    """GetServerInfo, waiting (up to ``timeout``) for a server that is not up yet, but failing
-    at once on anything else, such as a TLS handshake the server or this edge refused, which
-    waiting cannot fix (wait_for_ready alone hides that behind a DEADLINE_EXCEEDED after the
-    whole timeout)."""
-    try:
-        return stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=timeout, metadata=metadata)
-    except grpc.RpcError as e:
-        details = (e.details() or "").lower()
-        # gRPC offers no structured reason; "connection refused" / "failed to connect" / a DNS
-        # failure mean nothing listens yet, "Socket closed" or a handshake error mean a
-        # listener refused our TLS (or lack of it).
-        not_up = any(s in details for s in ("connection refused", "failed to connect", "dns"))
-        if e.code() != grpc.StatusCode.UNAVAILABLE or not not_up:
-            raise
-    return stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=timeout, metadata=metadata,
-                              wait_for_ready=True)
+                metadata=None, retry=None) -> pb.GetServerInfoResponse:
+    """GetServerInfo; with ``retry`` (:class:`edge_agent.retry.Retrying`) it waits for a server
+    that is still starting."""
+    def attempt(seconds):
+        return stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=seconds, metadata=metadata)
+
+    return retry(attempt) if retry is not None else attempt(timeout)
 
 
 def _tls_name(target: str) -> str | None:
@@ -217,6 +225,11 @@ def channel(target: str, max_message_bytes: int = 8 * 1024 * 1024, *,
     target = grpc_target(target)
     options = [("grpc.max_send_message_length", max_message_bytes),
                ("grpc.max_receive_message_length", max_message_bytes),
+               # gRPC's reconnect backoff grows to 120 s by default; a client waiting for a
+               # server that is starting should notice it within a second or two.
+               ("grpc.initial_reconnect_backoff_ms", 200),
+               ("grpc.min_reconnect_backoff_ms", 200),
+               ("grpc.max_reconnect_backoff_ms", 2000),
                ("grpc.service_config", ROUND_ROBIN)]
     if not (tls_ca or tls_cert):
         return grpc.insecure_channel(target, options=options)

@@ -75,6 +75,10 @@ def _bench(args) -> int:
 
         return load(clients=args.clients, seconds=5.0 if args.quick else args.seconds,
                     as_json=args.json)
+    from common.extras import require
+
+    # The report's figures (matplotlib) and its 7B JPEG rows (scikit-image's photographs).
+    require("alignedvq bench", "matplotlib", "skimage")
     from benchmarks.report import SECTIONS, main as report
 
     sections = tuple(s for s in args.sections.split(",") if s) if args.sections else SECTIONS
@@ -230,8 +234,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from common.extras import MissingExtra, explain
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except MissingExtra as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        hint = explain(e, f"alignedvq {args.command}")
+        if hint is None:
+            raise
+        print(f"error: {hint}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -60,9 +60,10 @@ class SplitAnswerer:
 
 
 class JpegAnswerer:
-    """The cloud-only path: each image JPEG-encoded at the model's input size, as the edge
-    uploads it (``edge_agent.client.jpeg_upload``), decoded again and answered by the unmodified
-    model. The payload is the serialised ``AnswerFromImageRequest`` (question excluded)."""
+    """The cloud-only path: each image as the square the model sees, JPEG-encoded exactly as the
+    edge uploads it (``common.images.jpeg_baseline``), decoded again and answered by the
+    unmodified model. The payload is the serialised ``AnswerFromImageRequest`` (question
+    excluded)."""
 
     def __init__(self, model_dir: Path, device: str, quality: int = JPEG_QUALITY):
         self.model, self.processor = load_llava(model_dir, device=device)
@@ -74,11 +75,11 @@ class JpegAnswerer:
         import io
 
         from alignedvq.v1 import inference_pb2 as pb
-        from edge_agent.client import jpeg_upload
+        from common.images import jpeg_baseline
 
         received = []
         for image in images:
-            data = jpeg_upload(image, self.size, self.quality)
+            data = jpeg_baseline(image, self.size, self.quality)
             self.payload_bytes.append(len(pb.AnswerFromImageRequest(image=data)
                                           .SerializeToString()))
             received.append(open_image(io.BytesIO(data)))

@@ -194,7 +194,7 @@ def test_edge_agent_over_tls_with_token_answers(servers, pki, token_file):
     assert "without TLS" not in run.stderr
 
 
-def test_wrong_ca_is_refused(servers, pki, token_file):
+def test_wrong_ca_is_refused(servers, pki, token_file, capsys):
     stub = pb_grpc.InferenceServiceStub(channel(servers["tls"].address, tls_ca=pki["other_ca"]))
     error = status_of(call, stub, "GetServerInfo", auth_metadata(TOKEN))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
@@ -205,6 +205,14 @@ def test_wrong_ca_is_refused(servers, pki, token_file):
                      timeout=60)
     assert run.returncode == 1
     assert "UNAVAILABLE" in run.stderr and "--tls-ca" in run.stderr
+    # --no-wait (one attempt) gives the same hint; in-process, the console script's main().
+    from edge_agent.cli import main as edge_main
+
+    assert edge_main(["--image", str(IMAGE), "--question", QUESTION, "--mode", "image",
+                      "--server", servers["tls"].address, "--tls-ca", str(pki["other_ca"]),
+                      "--no-wait"]) == 1
+    err = capsys.readouterr().err
+    assert "UNAVAILABLE" in err and "TLS handshake" in err and "--tls-ca" in err
 
 
 def test_plaintext_client_is_refused_by_tls_server(servers):
@@ -258,6 +266,34 @@ def test_health_and_reflection_need_no_token(servers, pki):
         iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30)
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert "alignedvq.v1.InferenceService" in names
+
+
+def healthcheck(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The container HEALTHCHECK's command, as a real process."""
+    import os
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ALIGNEDVQ_")}
+    return subprocess.run([sys.executable, "-m", "cloud_server.healthcheck", *map(str, args)],
+                          capture_output=True, text=True, timeout=60, env={**clean, **(env or {})})
+
+
+def test_healthcheck_against_tls_and_mtls_servers(servers, pki):
+    tls, mtls = servers["tls"].address, servers["mtls"].address
+    ok = healthcheck("--address", tls, "--tls-ca", pki["ca"])
+    assert ok.returncode == 0 and "SERVING" in ok.stdout, ok.stderr
+    # The container's way: the server's own env says TLS, the probe's CA comes from env too.
+    ok = healthcheck("--address", tls, env={"ALIGNEDVQ_TLS_CERT": str(pki["server_cert"]),
+                                            "ALIGNEDVQ_HEALTHCHECK_TLS_CA": str(pki["ca"])})
+    assert ok.returncode == 0 and "SERVING" in ok.stdout, ok.stderr
+    plain = healthcheck("--address", tls)
+    assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr
+    assert "--tls-ca" in plain.stderr and "Traceback" not in plain.stderr
+    ok = healthcheck("--address", mtls, "--tls-ca", pki["ca"], "--tls-cert", pki["client_cert"],
+                     "--tls-key", pki["client_key"])
+    assert ok.returncode == 0 and "SERVING" in ok.stdout, ok.stderr
+    refused = healthcheck("--address", mtls, "--tls-ca", pki["ca"])
+    assert refused.returncode == 1 and "--tls-cert" in refused.stderr
 
 
 def test_good_request_after_refusals(servers, pki):
