@@ -223,7 +223,7 @@ def cloud_image_features(model, features: torch.Tensor) -> torch.Tensor:
 def merge_image_tokens(model, input_ids: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
     """``inputs_embeds`` with the image tokens replaced by the projected features, in order:
     what ``LlavaModel.forward`` does with ``get_image_features``' output, through its own
-    ``get_placeholder_mask`` (transformers 5.24; it raises ValueError on a count mismatch)."""
+    ``get_placeholder_mask`` (transformers 5.19; it raises ValueError on a count mismatch)."""
     embeds = model.get_input_embeddings()(input_ids)
     image_features = image_features.to(embeds.device, embeds.dtype)
     mask = model.model.get_placeholder_mask(input_ids, inputs_embeds=embeds,

@@ -10,11 +10,13 @@ padding scheme ``generate()`` uses for a fixed batch; here the batch changes:
   concatenated along the batch;
 - leaving: rows are dropped by index, and padding columns no remaining row needs are trimmed.
 
-Written against transformers 5.24's cache API: ``DynamicCache.batch_select_indices`` drops
-rows; iterating a ``DynamicCache`` yields each layer's (keys, values, sliding window) and
-``DynamicCache(ddp_cache_data=..., config=...)`` builds one from such tuples. The library has no
-call that concatenates two caches along the batch or trims columns at the front, so those two
-steps build a new cache from the tensors it yields.
+Written against the cache API of the transformers the project pins (>=5.16.1,<5.20, vLLM's
+range; later 5.x releases rename the model's ``past_key_values`` argument to ``cache``):
+``DynamicCache.batch_select_indices`` drops rows; iterating a ``DynamicCache`` yields each
+layer's (keys, values, sliding window) and ``DynamicCache(ddp_cache_data=..., config=...)``
+builds one from such tuples. The library has no call that concatenates two caches along the
+batch or trims columns at the front, so those two steps build a new cache from the tensors it
+yields.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class BatchDecoder:
         mask = inputs.attention_mask
         cache = DynamicCache(config=self.lm.config)
         out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=self._positions(mask),
-                      use_cache=True, cache=cache)  # transformers 5.x: past_key_values -> cache
+                      use_cache=True, past_key_values=cache)
         first = self._greedy(out.last_hidden_state[:, -1])
         self._merge(rows, cache, mask, first)
 
@@ -120,7 +122,7 @@ class BatchDecoder:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         embeds = self.lm.embed_tokens(self.last[:, None].to(device))
         out = self.lm(inputs_embeds=embeds, attention_mask=self.mask, position_ids=positions,
-                      use_cache=True, cache=self.cache)
+                      use_cache=True, past_key_values=self.cache)
         self.last = self._greedy(out.last_hidden_state[:, -1])
         for row, token in zip(self.rows, self.last.tolist()):
             self._record(row, token)
