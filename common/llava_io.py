@@ -6,7 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
+
+# Re-exported: image opening lives in a torch-free module (the ONNX edge uses it).
+from common.images import ImageTooLarge, open_image  # noqa: F401
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -33,27 +36,6 @@ def load_llava(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = 
     model = LlavaForConditionalGeneration.from_pretrained(
         model_dir, dtype=dtype, local_files_only=True).to(device).eval()
     return model, processor
-
-
-class ImageTooLarge(ValueError):
-    pass
-
-
-def open_image(source, max_pixels: int | None = None) -> Image.Image:
-    """Any image PIL opens (a path or a binary file object), upright (EXIF orientation applied)
-    and in RGB. ``max_pixels`` is checked from the header, before anything is decoded."""
-    with Image.open(source) as im:
-        if max_pixels is not None and im.width * im.height > max_pixels:
-            raise ImageTooLarge(f"the image has {im.width}x{im.height} pixels; at most "
-                                f"{max_pixels} are accepted")
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            # Alpha is flattened onto white, as a viewer shows it.
-            im = im.convert("RGBA")
-            canvas = Image.new("RGB", im.size, (255, 255, 255))
-            canvas.paste(im, mask=im.getchannel("A"))
-            return canvas
-        return im.convert("RGB")
 
 
 def build_prompt(processor, question: str) -> str:

@@ -14,7 +14,7 @@ from PIL import Image
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.features import fingerprint_bytes
+from common.wire import fingerprint_bytes
 
 
 class IncompatibleServer(RuntimeError):
