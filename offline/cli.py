@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_EDGE_DIR, DEFAULT_MODEL_DIR
 from offline.evaluate import MODES
 
 
@@ -119,6 +119,23 @@ def _eval(args) -> int:
     return 0
 
 
+def _export_edge(args) -> int:
+    from common.codec import CodecMismatchError
+    from common.edge_export import EdgeExportError, export_edge
+
+    try:
+        spec = export_edge(Path(args.model), Path(args.codec), Path(args.out), args.split_layer)
+    except (EdgeExportError, CodecMismatchError, FileNotFoundError, ValueError) as e:
+        print(f"export-edge: {e}", file=sys.stderr)
+        return 2
+    v = spec.validation
+    print(f"wrote {Path(args.out) / spec.graph} and {Path(args.out) / 'edge.json'}: "
+          f"{spec.image_size}px -> {spec.tokens} tokens x {spec.stages} stage(s) of "
+          f"{spec.bits} bits; checked against torch on {v['images']} images: "
+          f"{v['index_match_rate']:.4%} of indices equal ({v['near_ties']} near-tie(s))")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignedvq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vision block whose output crosses (default: the feature layer)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
+    p = sub.add_parser("export-edge",
+                       help="the edge half (vision blocks before the cut + AlignedVQ encoder) as "
+                            "one ONNX graph for `edge-agent --runtime onnx` and other languages",
+                       description="Export pixels -> codebook indices as edge.onnx (dynamic "
+                                   "batch axis) plus edge.json (preprocessing, tokens, bits, "
+                                   "stages, K, fingerprints). The graph is run against the torch "
+                                   "edge on sample images; the export fails if any index "
+                                   "differs other than by a near-tie.")
+    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
+                   help="local checkpoint (only its vision weights are read)")
+    p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR), help="AlignedVQ codec folder")
+    p.add_argument("--out", default=str(DEFAULT_EDGE_DIR),
+                   help="output folder (default: where edge-agent --runtime onnx looks)")
+    p.add_argument("--split-layer", type=int,
+                   help="the cut, as for edge-agent (default: the model's feature layer)")
+    p.set_defaults(func=_export_edge)
+
     p = sub.add_parser("bench-codec",
                        help="encode/decode time per image against the vision tower's")
     p.add_argument("--repeats", type=int, default=20, help="timed repetitions (median)")
