@@ -58,7 +58,7 @@ def export_graph(vision: EdgeVision, codec: AlignedVQ, path: Path, image_size: i
     with torch.no_grad():
         torch.onnx.export(graph, (example,), str(path), input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=True,
-                          external_data=external,
+                          external_data=external, verbose=False,
                           dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}})
     return {"torch": torch.__version__, "exporter": "torch.onnx.export(dynamo=True)",
             "opset": OPSET, "external_data": external}
@@ -79,7 +79,11 @@ def near_tie_report(codec: AlignedVQ, features: torch.Tensor, torch_idx: np.ndar
     its first differing stage is a near-tie on the torch side's residual; later stages of that
     token follow from the different choice and are not judged separately."""
     with torch.no_grad():
-        z = codec.project(features).reshape(-1, codec.config.code_dim)
+        return _near_tie_report(codec, features, torch_idx, onnx_idx)
+
+
+def _near_tie_report(codec, features, torch_idx, onnx_idx) -> dict:
+    z = codec.project(features).reshape(-1, codec.config.code_dim)
     t = torch_idx.reshape(z.shape[0], -1)
     o = onnx_idx.reshape(z.shape[0], -1)
     differing = np.nonzero((t != o).any(-1))[0]
