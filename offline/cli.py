@@ -136,6 +136,28 @@ def _export_edge(args) -> int:
     return 0
 
 
+def _compare_edges(args) -> int:
+    from common.edge_spec import EdgeExportMissing
+    from offline.edge_agreement import compare_edges
+
+    try:
+        result = compare_edges(Path(args.dataset), Path(args.onnx_dir), Path(args.model),
+                               Path(args.codec), server=args.server, limit=args.limit)
+    except (EdgeExportMissing, FileNotFoundError, ValueError) as e:
+        print(f"compare-edges: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['questions']} questions, {result['tokens']} tokens: ONNX = torch on "
+              f"{result['token_match_rate']:.4%} of tokens ({result['differing_tokens']} differ, "
+              f"{result['near_ties']} of them near-ties); answers agree on "
+              f"{result['answer_agreement']:.2%}; accuracy torch edge "
+              f"{result['accuracy_torch_edge']:.4f}, ONNX edge {result['accuracy_onnx_edge']:.4f} "
+              f"({result['seconds']} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignedvq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-layer", type=int,
                    help="the cut, as for edge-agent (default: the model's feature layer)")
     p.set_defaults(func=_export_edge)
+
+    p = sub.add_parser("compare-edges",
+                       help="the ONNX edge vs the torch edge on a question set: token match "
+                            "rate, answers through a real server, accuracy of both")
+    p.add_argument("--dataset", required=True, help="questions.jsonl (alignedvq dataset)")
+    p.add_argument("--onnx-dir", default=str(DEFAULT_EDGE_DIR), help="export-edge's --out")
+    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR))
+    p.add_argument("--server", help="a running cloud-server HOST:PORT (default: start one)")
+    p.add_argument("--limit", type=int, help="first N questions only")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_compare_edges)
 
     p = sub.add_parser("bench-codec",
                        help="encode/decode time per image against the vision tower's")
