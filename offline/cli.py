@@ -75,6 +75,11 @@ def _bench(args) -> int:
 
         return load(clients=args.clients, seconds=5.0 if args.quick else args.seconds,
                     as_json=args.json)
+    if args.suite == "edge":
+        from benchmarks.edge_runtime import main as edge
+
+        return edge(repeats=3 if args.quick else 20, agent_runs=1 if args.quick else 5,
+                    include_7b=not (args.quick or args.no_7b), as_json=args.json)
     from benchmarks.report import SECTIONS, main as report
 
     sections = tuple(s for s in args.sections.split(",") if s) if args.sections else SECTIONS
@@ -265,11 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: the report (accuracy, bytes, latency on "
                                      "emulated links, 7B geometry) or the batching suite")
-    p.add_argument("suite", nargs="?", choices=("report", "batching", "load"),
+    p.add_argument("suite", nargs="?", choices=("report", "batching", "load", "edge"),
                    default="report",
                    help="report (default): report.md, report.json and PNGs in --out; "
                         "batching: the server's throughput with dynamic batching off and on; "
-                        "load: many concurrent clients, counting answers, refusals, failures")
+                        "load: many concurrent clients, counting answers, refusals, failures; "
+                        "edge: the edge half on torch vs ONNX Runtime (compute, edge-agent "
+                        "start-up and memory), embedded model and 7B geometry")
     p.add_argument("--quick", action="store_true",
                    help="tiny budgets (a few training steps, few images): a smoke run")
     p.add_argument("--out", default="runs/bench",
@@ -283,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR),
                    help="batching only: a codec trained for --model")
     p.add_argument("--clients", type=int, default=32, help="load only: concurrent clients")
+    p.add_argument("--no-7b", action="store_true", help="edge only: skip the 7B geometry")
     p.add_argument("--seconds", type=float, default=60.0,
                    help="load only: seconds per server configuration (--quick: 5)")
     p.add_argument("--link", choices=("auto", "netns", "proxy"), default="auto",
