@@ -73,6 +73,19 @@ console.log(JSON.stringify(out));
 """
 
 
+def node_pixels(spec: EdgeSpec, paths: list[str]) -> list[np.ndarray]:
+    """lib/image.js + lib/preprocess.js on each file: the (3, H, W) float32 graph input."""
+    pre = json.loads(spec.to_json())["preprocess"]
+    r = subprocess.run([NODE, "-e", NODE_PIXELS, json.dumps(pre), *paths],
+                       capture_output=True, text=True, timeout=120, cwd=CLIENT_DIR)
+    assert r.returncode == 0, r.stderr[-2000:]
+    outputs = json.loads(r.stdout)
+    assert len(outputs) == len(paths)
+    size = spec.image_size
+    return [np.frombuffer(base64.b64decode(b), dtype=np.float32).reshape(3, size, size)
+            for b in outputs]
+
+
 def test_node_preprocessing_equals_python(exported_edge, tmp_path):
     """Resizes up and down in both orientations, an image smaller than the crop in one side,
     a semi-transparent RGBA PNG and a palette PNG, all through the Node decoders."""
@@ -89,16 +102,31 @@ def test_node_preprocessing_equals_python(exported_edge, tmp_path):
     for name, image in files.items():
         image.save(tmp_path / name)
         paths.append(str(tmp_path / name))
-    pre = json.loads(spec.to_json())["preprocess"]
-    r = subprocess.run([NODE, "-e", NODE_PIXELS, json.dumps(pre), *paths],
-                       capture_output=True, text=True, timeout=120, cwd=CLIENT_DIR)
-    assert r.returncode == 0, r.stderr[-2000:]
-    size, outputs = spec.image_size, json.loads(r.stdout)
-    assert len(outputs) == len(paths)
-    for path, b64 in zip(paths, outputs):
-        ours = np.frombuffer(base64.b64decode(b64), dtype=np.float32).reshape(3, size, size)
+    for path, ours in zip(paths, node_pixels(spec, paths)):
         expected = preprocess([open_image(path)], spec.preprocess)[0]
         np.testing.assert_array_equal(ours, expected, err_msg=path)
+
+
+def test_node_applies_jpeg_exif_orientation(exported_edge, tmp_path):
+    """All eight EXIF orientations, as Pillow's exif_transpose applies them. JPEG decoders differ
+    by a few levels (jpeg-js vs libjpeg-turbo), so this compares with a tolerance that a wrong
+    orientation (a different picture) exceeds by far."""
+    spec = EdgeSpec.load(exported_edge)
+    base = open_image(SAMPLES_DIR / "images" / "sample0.png").resize((200, 130))
+    paths = []
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.jpg"
+        base.save(path, quality=100, subsampling=0, exif=exif.tobytes())
+        paths.append(str(path))
+    unrotated = preprocess([open_image(paths[0])], spec.preprocess)[0]
+    for path, ours in zip(paths, node_pixels(spec, paths)):
+        expected = preprocess([open_image(path)], spec.preprocess)[0]
+        assert np.abs(ours - expected).mean() < 0.005, path
+        assert np.abs(ours - expected).max() < 0.1, path
+        if not path.endswith("o1.jpg"):
+            assert np.abs(expected - unrotated).mean() > 0.05  # the tolerance tells them apart
 
 
 def test_node_edge_refuses_a_missing_export(tmp_path):
