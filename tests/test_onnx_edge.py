@@ -170,3 +170,16 @@ def test_7b_geometry_exports_shrunk(tmp_path):
     with torch.no_grad():
         ref = codec.encode(vision(torch.from_numpy(preprocess(images, pre)))).numpy()
     assert (idx == ref).mean() >= 0.99
+
+
+def test_compare_edges_on_the_samples(exported_edge, server):
+    """`alignedvq compare-edges` (the 600-image evaluation in the README) on the 8 sample
+    questions, against the module's server."""
+    from offline.edge_agreement import compare_edges
+
+    r = compare_edges(SAMPLES_DIR / "questions.jsonl", exported_edge, DEFAULT_MODEL_DIR,
+                      DEFAULT_CODEC_DIR, server=server.address)
+    assert r["questions"] == len(ROWS) and r["tokens"] == len(ROWS) * 64
+    assert r["token_match_rate"] == 1.0 and r["differing_tokens"] == 0
+    assert r["answer_agreement"] == 1.0
+    assert r["accuracy_torch_edge"] == r["accuracy_onnx_edge"] == 1.0   # the demo's 8/8
