@@ -148,6 +148,12 @@ def agent_processes(edge_dir: Path, runs: int) -> dict:
     return out
 
 
+def _progress(name: str, section: dict) -> dict:
+    """Each section as it completes, on stderr: the 7B part takes minutes on a small CPU."""
+    print(f"[bench edge] {name}: {json.dumps(section)}", file=sys.stderr, flush=True)
+    return section
+
+
 def main(repeats: int = 20, agent_runs: int = 5, include_7b: bool = True, threads: int = 0,
          as_json: bool = False, edge_dir: str | None = None) -> int:
     from common.edge_export import export_edge
@@ -159,10 +165,10 @@ def main(repeats: int = 20, agent_runs: int = 5, include_7b: bool = True, thread
         directory = Path(edge_dir) if edge_dir else Path(tmp)
         if not edge_dir:
             export_edge(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR, directory)
-        report["tiny"] = tiny_compute(directory, repeats, threads)
-        report["agent"] = agent_processes(directory, agent_runs)
+        report["tiny"] = _progress("tiny", tiny_compute(directory, repeats, threads))
+        report["agent"] = _progress("agent", agent_processes(directory, agent_runs))
     if include_7b:
-        report["7b_geometry"] = geometry_compute(repeats, threads)
+        report["7b_geometry"] = _progress("7b_geometry", geometry_compute(repeats, threads))
     import onnxruntime
 
     report["machine"]["onnxruntime"] = onnxruntime.__version__
