@@ -91,7 +91,8 @@ def load_onnx_edge(onnx_dir: str, threads: int = 0):
         return OnnxEdge(onnx_dir, threads)
     except EdgeExportMissing as e:
         print(f"edge-agent: {e}", file=sys.stderr)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - ORT's load errors (InvalidProtobuf, Fail, ...)
+        # derive from Exception only; any of them means this folder holds no usable graph.
         print(f"edge-agent: cannot load the ONNX edge in {onnx_dir}: {e}", file=sys.stderr)
     return None
 

@@ -183,3 +183,12 @@ def test_compare_edges_on_the_samples(exported_edge, server):
     assert r["token_match_rate"] == 1.0 and r["differing_tokens"] == 0
     assert r["answer_agreement"] == 1.0
     assert r["accuracy_torch_edge"] == r["accuracy_onnx_edge"] == 1.0   # the demo's 8/8
+
+
+def test_a_corrupt_graph_is_a_clear_error(exported_edge, server, tmp_path):
+    (tmp_path / "edge.json").write_text((exported_edge / "edge.json").read_text())
+    (tmp_path / "edge.onnx").write_bytes(b"not an onnx graph")
+    r = _agent(server, "--image", str(SAMPLES_DIR / IMAGES[0]), "--question", "q",
+               "--runtime", "onnx", "--onnx-dir", str(tmp_path))
+    assert r.returncode == 2 and "cannot load the ONNX edge" in r.stderr
+    assert "Traceback" not in r.stderr
