@@ -79,7 +79,8 @@ def _bench(args) -> int:
         from benchmarks.edge_runtime import main as edge
 
         return edge(repeats=3 if args.quick else 20, agent_runs=1 if args.quick else 5,
-                    include_7b=not (args.quick or args.no_7b), as_json=args.json)
+                    include_7b=not (args.quick or args.no_7b), threads=args.threads,
+                    as_json=args.json)
     from benchmarks.report import SECTIONS, main as report
 
     sections = tuple(s for s in args.sections.split(",") if s) if args.sections else SECTIONS
@@ -291,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batching only: a codec trained for --model")
     p.add_argument("--clients", type=int, default=32, help="load only: concurrent clients")
     p.add_argument("--no-7b", action="store_true", help="edge only: skip the 7B geometry")
+    p.add_argument("--threads", type=int, default=0,
+                   help="edge only: intra-op threads for both torch and ONNX Runtime "
+                        "(default: torch's default, the core count)")
     p.add_argument("--seconds", type=float, default=60.0,
                    help="load only: seconds per server configuration (--quick: 5)")
     p.add_argument("--link", choices=("auto", "netns", "proxy"), default="auto",
