@@ -19,14 +19,11 @@ from alignedvq.v1 import inference_pb2 as pb
 from common.codec import AlignedVQ
 from common.modes import ALIGNEDVQ, EDGE_MODES, FEATURE_MODES, FP16, IMAGE_MODE, INT8  # noqa: F401
 from common.packing import pack, packed_size, unpack
+from common.wire import codes_request_messages, fingerprint_bytes  # noqa: F401 (re-exported)
 
 
 class PayloadError(ValueError):
     """The messages do not describe features this cloud can decode."""
-
-
-def fingerprint_bytes(hex_fingerprint: str) -> bytes:
-    return bytes.fromhex(hex_fingerprint)[:8]
 
 
 class FeatureEncoding:
@@ -166,16 +163,8 @@ def make_encoding(mode: str, codec: AlignedVQ | None, tokens: int, dim: int) -> 
 def request_messages(enc: FeatureEncoding, chunks: list[bytes], vision_fingerprint: str,
                      codec_fingerprint: str, question: str = "",
                      max_new_tokens: int = 0) -> list[pb.AnswerFromCodesRequest]:
-    header = pb.CodesHeader(
-        vision_fingerprint=fingerprint_bytes(vision_fingerprint),
-        codec_fingerprint=fingerprint_bytes(codec_fingerprint) if codec_fingerprint else b"",
-        encoding=enc.encoding, tokens=enc.tokens, bits=enc.bits, stages=enc.stages,
-        question=question, generation=pb.GenerationParams(max_new_tokens=max_new_tokens)
-        if max_new_tokens else None)
-    msgs = [pb.AnswerFromCodesRequest(header=header)]
-    msgs += [pb.AnswerFromCodesRequest(chunk=pb.CodesChunk(stage=s, packed_indices=c))
-             for s, c in enumerate(chunks)]
-    return msgs
+    return codes_request_messages(enc.encoding, enc.tokens, enc.bits, enc.stages, chunks,
+                                  vision_fingerprint, codec_fingerprint, question, max_new_tokens)
 
 
 def wire_bytes(messages) -> int:

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from common.images import ImageRefused, open_image  # noqa: F401  (re-exported)
+# Re-exported for existing callers: the image policy lives in the torch-free common/images.py.
+from common.images import open_image  # noqa: F401
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -35,10 +36,6 @@ def load_llava(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = 
     model = LlavaForConditionalGeneration.from_pretrained(
         model_dir, dtype=dtype, local_files_only=True).to(device).eval()
     return model, processor
-
-
-# The image policy lives in common/images.py; these names stay for existing callers.
-ImageTooLarge = ImageRefused
 
 
 def build_prompt(processor, question: str) -> str:

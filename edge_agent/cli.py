@@ -2,6 +2,9 @@
 
 ``--mode alignedvq`` (default) runs the vision tower and the codec here and sends only packed
 codebook indices; ``--mode image`` uploads the image as JPEG (the cloud-only baseline).
+
+``--runtime torch`` (default) runs the edge half with PyTorch; ``--runtime onnx`` runs the graph
+``alignedvq export-edge`` wrote, with ONNX Runtime, and imports neither torch nor transformers.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common.modes import ALIGNEDVQ, EDGE_MODES, FEATURE_MODES, IMAGE_MODE
 from common.images import (DEFAULT_MAX_PIXELS, ImageRefused, check_image, checkpoint_image_size,
                            load_model_input)
-from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_EDGE_DIR, DEFAULT_MODEL_DIR
 from common.request_ids import METADATA_KEY, is_valid, new_request_id
 from edge_agent.client import (IncompatibleServer, ask_with_codes, ask_with_image, auth_metadata,
                                channel, check_compatible, grpc_target, read_token, server_info)
@@ -64,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=EDGE_MODES, default=EDGE_MODES[0],
                    help="alignedvq: send codebook indices (default); image: upload a JPEG; "
                         "fp16/int8: send raw split features (baselines)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="torch: PyTorch + transformers (default); onnx: the exported graph on "
+                        "ONNX Runtime, no torch needed (--mode alignedvq only)")
+    p.add_argument("--onnx-dir", default=str(DEFAULT_EDGE_DIR),
+                   help="--runtime onnx: the folder `alignedvq export-edge --out` wrote "
+                        "(edge.onnx + edge.json)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="--runtime onnx: ONNX Runtime intra-op threads (0 = its default)")
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
                    help="local checkpoint; the edge reads only its vision weights")
     p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR), help="AlignedVQ codec folder")
@@ -92,8 +103,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_onnx_edge(onnx_dir: str, threads: int = 0):
+    """The ONNX edge, or None after printing why not (a missing export says how to make one)."""
+    from common.edge_spec import EdgeExportMissing
+    from edge_agent.onnx_edge import OnnxEdge
+
+    try:
+        return OnnxEdge(onnx_dir, threads)
+    except EdgeExportMissing as e:
+        print(f"edge-agent: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - ORT's load errors (InvalidProtobuf, Fail, ...)
+        # derive from Exception only; any of them means this folder holds no usable graph.
+        print(f"edge-agent: cannot load the ONNX edge in {onnx_dir}: {e}", file=sys.stderr)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.runtime == "onnx" and args.mode != ALIGNEDVQ:
+        print(f"edge-agent: --runtime onnx sends codebook indices only (--mode alignedvq), "
+              f"not --mode {args.mode}", file=sys.stderr)
+        return 2
+    onnx_edge = None
+    if args.runtime == "onnx":
+        # Loaded before anything goes on the wire, so a missing export fails fast.
+        onnx_edge = load_onnx_edge(args.onnx_dir, args.threads)
+        if onnx_edge is None:
+            return 2
     # The image is checked (image mode) or made into the model's input square (feature modes)
     # before the model loads and before anything goes on the network: a bad file exits 2 at
     # once, and a large image is decoded while the process is still small.
@@ -102,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             check_image(args.image, args.max_image_pixels)
             image = None
         else:
-            image = load_model_input(args.image, checkpoint_image_size(args.model),
-                                     args.max_image_pixels)
+            # The ONNX edge knows its input size from its sidecar: a device needs no checkpoint.
+            size = onnx_edge.spec.image_size if onnx_edge else checkpoint_image_size(args.model)
+            image = load_model_input(args.image, size, args.max_image_pixels)
     except ImageRefused as e:
         print(f"edge-agent: cannot use the image: {e}", file=sys.stderr)
         return 2
@@ -138,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             result = ask_with_image(stub, image, args.question, info.image_size,
                                     args.jpeg_quality, args.max_new_tokens, stream,
                                     metadata=metadata, retry=retry)
+        elif onnx_edge is not None:
+            check_compatible(info, onnx_edge)
+            result = ask_with_codes(stub, onnx_edge, image, args.question, args.max_new_tokens,
+                                    stream, metadata=metadata, retry=retry)
         else:
             import torch
 

@@ -15,6 +15,7 @@ from PIL import Image
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common.images import jpeg_baseline
+from common.wire import fingerprint_bytes
 
 
 class IncompatibleServer(RuntimeError):
@@ -44,9 +45,6 @@ class Result:
 
 def check_compatible(info: pb.GetServerInfoResponse, edge) -> None:
     """Refuse locally, before encoding anything, when the server could not decode our payload."""
-    # Imported here: common.features pulls in torch, which the image mode never needs.
-    from common.features import fingerprint_bytes
-
     if info.vision_fingerprint != fingerprint_bytes(edge.vision.fingerprint):
         raise IncompatibleServer(
             f"server runs vision weights {info.vision_fingerprint.hex()} (model {info.model_id}, "

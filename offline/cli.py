@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_EDGE_DIR, DEFAULT_MODEL_DIR
 from offline.evaluate import MODES
 
 
@@ -75,6 +75,12 @@ def _bench(args) -> int:
 
         return load(clients=args.clients, seconds=5.0 if args.quick else args.seconds,
                     as_json=args.json)
+    if args.suite == "edge":
+        from benchmarks.edge_runtime import main as edge
+
+        return edge(repeats=3 if args.quick else 20, agent_runs=1 if args.quick else 5,
+                    include_7b=not (args.quick or args.no_7b), threads=args.threads,
+                    as_json=args.json)
     from common.extras import require
 
     # The report's figures (matplotlib) and its 7B JPEG rows (scikit-image's photographs).
@@ -121,6 +127,45 @@ def _eval(args) -> int:
             print(f"  {len(result['errors'])} image(s) failed to load, counted wrong:")
             for e in result["errors"][:10]:
                 print(f"    {e['image']}: {e['error']}")
+    return 0
+
+
+def _export_edge(args) -> int:
+    from common.codec import CodecMismatchError
+    from common.edge_export import EdgeExportError, export_edge
+
+    try:
+        spec = export_edge(Path(args.model), Path(args.codec), Path(args.out), args.split_layer)
+    except (EdgeExportError, CodecMismatchError, FileNotFoundError, ValueError) as e:
+        print(f"export-edge: {e}", file=sys.stderr)
+        return 2
+    v = spec.validation
+    print(f"wrote {Path(args.out) / spec.graph} and {Path(args.out) / 'edge.json'}: "
+          f"{spec.image_size}px -> {spec.tokens} tokens x {spec.stages} stage(s) of "
+          f"{spec.bits} bits; checked against torch on {v['images']} images: "
+          f"{v['index_match_rate']:.4%} of indices equal ({v['near_ties']} near-tie(s))")
+    return 0
+
+
+def _compare_edges(args) -> int:
+    from common.edge_spec import EdgeExportMissing
+    from offline.edge_agreement import compare_edges
+
+    try:
+        result = compare_edges(Path(args.dataset), Path(args.onnx_dir), Path(args.model),
+                               Path(args.codec), server=args.server, limit=args.limit)
+    except (EdgeExportMissing, FileNotFoundError, ValueError) as e:
+        print(f"compare-edges: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['questions']} questions, {result['tokens']} tokens: ONNX = torch on "
+              f"{result['token_match_rate']:.4%} of tokens ({result['differing_tokens']} differ, "
+              f"{result['near_ties']} of them near-ties); answers agree on "
+              f"{result['answer_agreement']:.2%}; accuracy torch edge "
+              f"{result['accuracy_torch_edge']:.4f}, ONNX edge {result['accuracy_onnx_edge']:.4f} "
+              f"({result['seconds']} s)")
     return 0
 
 
@@ -194,6 +239,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vision block whose output crosses (default: the feature layer)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
+    p = sub.add_parser("export-edge",
+                       help="the edge half (vision blocks before the cut + AlignedVQ encoder) as "
+                            "one ONNX graph for `edge-agent --runtime onnx` and other languages",
+                       description="Export pixels -> codebook indices as edge.onnx (dynamic "
+                                   "batch axis) plus edge.json (preprocessing, tokens, bits, "
+                                   "stages, K, fingerprints). The graph is run against the torch "
+                                   "edge on sample images; the export fails if any index "
+                                   "differs other than by a near-tie.")
+    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
+                   help="local checkpoint (only its vision weights are read)")
+    p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR), help="AlignedVQ codec folder")
+    p.add_argument("--out", default=str(DEFAULT_EDGE_DIR),
+                   help="output folder (default: where edge-agent --runtime onnx looks)")
+    p.add_argument("--split-layer", type=int,
+                   help="the cut, as for edge-agent (default: the model's feature layer)")
+    p.set_defaults(func=_export_edge)
+
+    p = sub.add_parser("compare-edges",
+                       help="the ONNX edge vs the torch edge on a question set: token match "
+                            "rate, answers through a real server, accuracy of both")
+    p.add_argument("--dataset", required=True, help="questions.jsonl (alignedvq dataset)")
+    p.add_argument("--onnx-dir", default=str(DEFAULT_EDGE_DIR), help="export-edge's --out")
+    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR))
+    p.add_argument("--server", help="a running cloud-server HOST:PORT (default: start one)")
+    p.add_argument("--limit", type=int, help="first N questions only")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_compare_edges)
+
     p = sub.add_parser("bench-codec",
                        help="encode/decode time per image against the vision tower's")
     p.add_argument("--repeats", type=int, default=20, help="timed repetitions (median)")
@@ -202,11 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: the report (accuracy, bytes, latency on "
                                      "emulated links, 7B geometry) or the batching suite")
-    p.add_argument("suite", nargs="?", choices=("report", "batching", "load"),
+    p.add_argument("suite", nargs="?", choices=("report", "batching", "load", "edge"),
                    default="report",
                    help="report (default): report.md, report.json and PNGs in --out; "
                         "batching: the server's throughput with dynamic batching off and on; "
-                        "load: many concurrent clients, counting answers, refusals, failures")
+                        "load: many concurrent clients, counting answers, refusals, failures; "
+                        "edge: the edge half on torch vs ONNX Runtime (compute, edge-agent "
+                        "start-up and memory), embedded model and 7B geometry")
     p.add_argument("--quick", action="store_true",
                    help="tiny budgets (a few training steps, few images): a smoke run")
     p.add_argument("--out", default="runs/bench",
@@ -224,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "off and the vLLM engine) or both (all three in one run; vLLM needs "
                         "the vllm extra)")
     p.add_argument("--clients", type=int, default=32, help="load only: concurrent clients")
+    p.add_argument("--no-7b", action="store_true", help="edge only: skip the 7B geometry")
+    p.add_argument("--threads", type=int, default=0,
+                   help="edge only: intra-op threads for both torch and ONNX Runtime "
+                        "(default: torch's default, the core count)")
     p.add_argument("--seconds", type=float, default=60.0,
                    help="load only: seconds per server configuration (--quick: 5)")
     p.add_argument("--link", choices=("auto", "netns", "proxy"), default="auto",

@@ -28,3 +28,17 @@ def embedded_model():
     from common.llava_io import load_llava
 
     return load_llava(DEFAULT_MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def exported_edge(tmp_path_factory) -> Path:
+    """The embedded model's edge exported to ONNX once per session, by the command a user runs
+    (`alignedvq export-edge`); its output is kept in export.log."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("edge-onnx")
+    r = subprocess.run(cli("alignedvq") + ["export-edge", "--out", str(out)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (out / "export.log").write_text(r.stdout)
+    return out

@@ -1,0 +1,69 @@
+"""The edge half on ONNX Runtime: Pillow+numpy preprocessing, the exported graph
+(``alignedvq export-edge``), packing and the request messages. No torch, no transformers:
+``edge-agent --runtime onnx`` runs on a device that has neither (tests/test_onnx_edge.py
+checks the agent's ``sys.modules``).
+
+It offers what ``edge_agent.client`` uses of the torch ``EdgeHalf`` (``chunks``, ``messages``,
+``mode`` and the fingerprints ``check_compatible`` reads), so both runtimes share one client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from alignedvq.v1 import inference_pb2 as pb
+from common.clip_preprocess import preprocess
+from common.edge_spec import EdgeSpec
+from common.packing import pack
+from common.wire import codes_request_messages
+
+
+@dataclass(frozen=True)
+class _Fingerprinted:
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class _Split:
+    split_layer: int
+
+
+class OnnxEdge:
+    mode = "alignedvq"
+
+    def __init__(self, edge_dir: str | Path, threads: int = 0):
+        import onnxruntime as ort
+
+        self.spec = EdgeSpec.load(Path(edge_dir))
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(Path(edge_dir) / self.spec.graph), options,
+                                            providers=["CPUExecutionProvider"])
+        # Named as on EdgeHalf (edge.vision.fingerprint, edge.split.split_layer, edge.codec),
+        # which edge_agent.client.check_compatible reads.
+        self.vision = _Fingerprinted(self.spec.vision_fingerprint)
+        self.split = _Split(self.spec.split_layer)
+        self.codec = self.spec
+        self.codec_fingerprint = self.spec.codec_fingerprint
+
+    def pixels(self, images) -> np.ndarray:
+        return preprocess(images, self.spec.preprocess)
+
+    def indices(self, images) -> np.ndarray:
+        """RGB images -> (batch, tokens, stages) int64."""
+        return self.session.run([self.spec.output_name],
+                                {self.spec.input_name: self.pixels(images)})[0]
+
+    def chunks(self, images) -> list[list[bytes]]:
+        """Each image's packed chunks, one per stage (protos/README.md)."""
+        return [[pack(img[:, s], self.spec.bits) for s in range(self.spec.stages)]
+                for img in self.indices(images)]
+
+    def messages(self, chunks: list[bytes], question: str = "", max_new_tokens: int = 0):
+        return codes_request_messages(pb.FEATURE_ENCODING_ALIGNEDVQ, self.spec.tokens,
+                                      self.spec.bits, self.spec.stages, chunks,
+                                      self.spec.vision_fingerprint, self.spec.codec_fingerprint,
+                                      question, max_new_tokens)

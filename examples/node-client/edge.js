@@ -1,0 +1,292 @@
+#!/usr/bin/env node
+// A complete edge in Node.js: reads an image, preprocesses it as the model's CLIP processor does,
+// runs the edge graph that `alignedvq export-edge` wrote (vision blocks before the cut + the
+// AlignedVQ encoder) with onnxruntime-node, packs the codebook indices (protos/README.md) and
+// streams them to cloud-server over gRPC; prints the streamed answer. No Python, no torch.
+//
+//   node edge.js --image cat.png --question "what is this?" [--server 127.0.0.1:50051]
+//
+// It sends what `edge-agent --runtime onnx` sends for the same image and question (a PNG gives
+// the same indices bit for bit; tests/test_node_edge.py checks it against a live server).
+
+"use strict";
+
+const fs = require("fs");
+const path = require("path");
+const grpc = require("@grpc/grpc-js");
+const protoLoader = require("@grpc/proto-loader");
+
+const { readImage, ImageError } = require("./lib/image");
+const { preprocess } = require("./lib/preprocess");
+const { pack } = require("./lib/packing");
+
+const PROG = "edge.js";
+const REPO = path.resolve(__dirname, "..", "..");
+const DEFAULT_PROTOS = path.join(REPO, "protos");
+const DEFAULT_ONNX_DIR = path.join(REPO, "models", "tiny-llava-edge");
+const METHOD = "/alignedvq.v1.InferenceService/AnswerFromCodes";
+
+const USAGE = `usage: node ${PROG} --image FILE --question TEXT [options]
+
+  --image FILE            PNG or JPEG
+  --question TEXT         the question, in the model's language
+  --server TARGET         cloud server HOST:PORT or any gRPC target (default 127.0.0.1:50051)
+  --onnx-dir DIR          what \`alignedvq export-edge --out DIR\` wrote: edge.onnx + edge.json
+                          (default: the repository's models/tiny-llava-edge)
+  --max-new-tokens N      0 = the server's default
+  --json                  print one JSON object at the end instead of streaming text
+  --dump-payload FILE     write the request messages (JSON, base64), as edge-agent --dump-payload
+  --timeout SECONDS       deadline per call (default 120)
+  --threads N             onnxruntime intra-op threads (default: its own choice)
+  --auth-token-file FILE  send the file's first token as 'authorization: Bearer <token>'
+  --tls-ca FILE           PEM CA that signed the server's certificate; turns TLS on
+  --tls-cert FILE         PEM client certificate (mTLS), with --tls-key
+  --tls-key FILE          PEM private key of --tls-cert
+  --tls-server-name NAME  name to check the server's certificate against
+  --protos DIR            proto root (default: the repository's protos/)
+  --request-id ID         sent as x-request-id metadata
+  -h, --help              this text
+
+Exit status: 0 answered, 1 gRPC error, 2 bad arguments or unreadable files, 3 incompatible server.`;
+
+class UsageError extends Error {}
+class IncompatibleServer extends Error {}
+
+process.removeAllListeners("warning");
+process.on("warning", (w) => {
+  if (w.code !== "DEP0123") console.error(`${PROG}: ${w.name}: ${w.message}`);
+});
+
+function parseArgs(argv) {
+  const opts = { server: "127.0.0.1:50051", json: false, timeout: 120, protos: DEFAULT_PROTOS,
+                 onnxDir: DEFAULT_ONNX_DIR, maxNewTokens: 0, threads: 0 };
+  const valued = {
+    "--image": "image", "--question": "question", "--server": "server", "--onnx-dir": "onnxDir",
+    "--max-new-tokens": "maxNewTokens", "--dump-payload": "dumpPayload", "--timeout": "timeout",
+    "--threads": "threads", "--auth-token-file": "authTokenFile", "--tls-ca": "tlsCa",
+    "--tls-cert": "tlsCert", "--tls-key": "tlsKey", "--tls-server-name": "tlsServerName",
+    "--protos": "protos", "--request-id": "requestId",
+  };
+  for (let i = 0; i < argv.length; i++) {
+    let arg = argv[i];
+    let value;
+    const eq = arg.indexOf("=");
+    if (arg.startsWith("--") && eq > 0) {
+      value = arg.slice(eq + 1);
+      arg = arg.slice(0, eq);
+    }
+    if (arg === "-h" || arg === "--help") {
+      console.log(USAGE);
+      process.exit(0);
+    } else if (arg === "--json") {
+      opts.json = true;
+    } else if (arg in valued) {
+      if (value === undefined) {
+        if (i + 1 >= argv.length) throw new UsageError(`${arg} needs a value`);
+        value = argv[++i];
+      }
+      opts[valued[arg]] = value;
+    } else {
+      throw new UsageError(`unknown argument ${arg}`);
+    }
+  }
+  if (!opts.image) throw new UsageError("--image FILE is required");
+  if (opts.question === undefined) throw new UsageError("--question TEXT is required");
+  for (const [key, flag] of [["timeout", "--timeout"], ["maxNewTokens", "--max-new-tokens"],
+    ["threads", "--threads"]]) {
+    opts[key] = Number(opts[key]);
+    if (!(opts[key] >= 0) || (key !== "timeout" && !Number.isInteger(opts[key]))) {
+      throw new UsageError(`${flag} must be a non-negative number`);
+    }
+  }
+  if (Boolean(opts.tlsCert) !== Boolean(opts.tlsKey)) {
+    throw new UsageError("--tls-cert and --tls-key go together");
+  }
+  return opts;
+}
+
+function readToken(file) {
+  for (const line of fs.readFileSync(file, "utf8").split(/\r?\n/)) {
+    const t = line.trim();
+    if (t && !t.startsWith("#")) return t;
+  }
+  throw new UsageError(`${file} holds no token (one per line; '#' starts a comment)`);
+}
+
+// edge.json, the graph's sidecar (common/edge_spec.py).
+function readSpec(dir) {
+  const file = path.join(dir, "edge.json");
+  if (!fs.existsSync(file)) {
+    throw new UsageError(`no exported edge in ${dir} (expected edge.json and edge.onnx); create `
+      + `it with \`alignedvq export-edge --out ${dir}\``);
+  }
+  const spec = JSON.parse(fs.readFileSync(file, "utf8"));
+  if (spec.format !== "alignedvq-edge-onnx/1") {
+    throw new UsageError(`${file} is format ${spec.format}; edge.js reads alignedvq-edge-onnx/1`);
+  }
+  if (!fs.existsSync(path.join(dir, spec.graph))) {
+    throw new UsageError(`${path.join(dir, spec.graph)} is missing; export the edge again`);
+  }
+  return spec;
+}
+
+// The graph on one image: Float32Array pixels -> per stage, the tokens' indices.
+async function encode(session, spec, pixels) {
+  const ort = require("onnxruntime-node");
+  const size = spec.image_size;
+  const input = new ort.Tensor("float32", pixels, [1, 3, size, size]);
+  const out = (await session.run({ [spec.input_name]: input }))[spec.output_name];
+  const [, tokens, stages] = out.dims;
+  if (tokens !== spec.tokens || stages !== spec.stages) {
+    throw new Error(`the graph returned ${tokens} x ${stages} indices, edge.json says `
+      + `${spec.tokens} x ${spec.stages}`);
+  }
+  const perStage = [];
+  for (let s = 0; s < stages; s++) {
+    const idx = new Array(tokens);
+    for (let t = 0; t < tokens; t++) idx[t] = Number(out.data[t * stages + s]);
+    perStage.push(idx);
+  }
+  return perStage;
+}
+
+function rpcError(err, tls) {
+  const name = Object.keys(grpc.status).find((k) => grpc.status[k] === err.code) || err.code;
+  let text = `${name}: ${err.details || err.message}`;
+  if (tls && err.code === grpc.status.UNAVAILABLE) {
+    text += "\n(if the server is up, the TLS handshake may have failed: check --tls-ca, and "
+      + "--tls-cert/--tls-key for a server that requires client certificates)";
+  }
+  const e = new Error(text);
+  e.grpc = true;
+  return e;
+}
+
+async function main(argv) {
+  const opts = parseArgs(argv);
+  const spec = readSpec(opts.onnxDir);
+  const metadata = new grpc.Metadata();
+  if (opts.authTokenFile) metadata.set("authorization", `Bearer ${readToken(opts.authTokenFile)}`);
+  if (opts.requestId) metadata.set("x-request-id", opts.requestId);
+
+  let image;
+  try {
+    image = readImage(opts.image);
+  } catch (e) {
+    throw new UsageError(e instanceof ImageError ? e.message : `cannot read ${opts.image}: ${e.message}`);
+  }
+
+  const protoFile = path.join(opts.protos, "alignedvq", "v1", "inference.proto");
+  if (!fs.existsSync(protoFile)) throw new UsageError(`no ${protoFile} (see --protos)`);
+  const definition = protoLoader.loadSync(protoFile, {
+    includeDirs: [opts.protos], keepCase: true, longs: Number, enums: String, defaults: true,
+    oneofs: true,
+  });
+  const service = grpc.loadPackageDefinition(definition).alignedvq.v1.InferenceService;
+  const tls = Boolean(opts.tlsCa || opts.tlsCert);
+  const read = (f) => (f ? fs.readFileSync(f) : null);
+  const creds = tls ? grpc.credentials.createSsl(read(opts.tlsCa), read(opts.tlsKey), read(opts.tlsCert))
+    : grpc.credentials.createInsecure();
+  const channelOptions = {
+    "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
+    "grpc.max_receive_message_length": 8 * 1024 * 1024,
+  };
+  if (opts.tlsServerName) channelOptions["grpc.ssl_target_name_override"] = opts.tlsServerName;
+  const client = new service(opts.server, creds, channelOptions);
+  const deadline = () => new Date(Date.now() + opts.timeout * 1000);
+
+  try {
+    // The graph loads while GetServerInfo is in flight.
+    const ort = require("onnxruntime-node");
+    const sessionOptions = opts.threads ? { intraOpNumThreads: opts.threads } : {};
+    const sessionReady = ort.InferenceSession.create(path.join(opts.onnxDir, spec.graph),
+      sessionOptions);
+    const info = await new Promise((resolve, reject) => {
+      client.GetServerInfo({}, metadata, { deadline: deadline(), waitForReady: true },
+        (err, res) => (err ? reject(rpcError(err, tls)) : resolve(res)));
+    });
+    // An edge whose fingerprints differ must not send (protos/README.md).
+    const hex = (b) => Buffer.from(b).toString("hex");
+    if (hex(info.vision_fingerprint) !== spec.vision_fingerprint.slice(0, 16)) {
+      throw new IncompatibleServer(`server runs vision weights ${hex(info.vision_fingerprint)} `
+        + `(model ${info.model_id}); this edge has ${spec.vision_fingerprint}`);
+    }
+    if (hex(info.codec_fingerprint) !== spec.codec_fingerprint.slice(0, 16)) {
+      throw new IncompatibleServer(`server decodes codec ${hex(info.codec_fingerprint) || "(none)"}; `
+        + `this edge encodes with ${spec.codec_fingerprint}`);
+    }
+    const session = await sessionReady;
+
+    const started = process.hrtime.bigint();
+    const pixels = preprocess(image, spec.preprocess);
+    const indices = await encode(session, spec, pixels);
+    const def = service.service.AnswerFromCodes;
+    const header = {
+      vision_fingerprint: Buffer.from(spec.vision_fingerprint.slice(0, 16), "hex"),
+      codec_fingerprint: Buffer.from(spec.codec_fingerprint.slice(0, 16), "hex"),
+      encoding: "FEATURE_ENCODING_ALIGNEDVQ", tokens: spec.tokens, bits: spec.bits,
+      stages: spec.stages, question: opts.question,
+    };
+    if (opts.maxNewTokens) header.generation = { max_new_tokens: opts.maxNewTokens };
+    const messages = [def.requestSerialize({ header })];
+    indices.forEach((idx, stage) => {
+      // protobufjs writes a field that is set even when it holds the default (proto3 omits it):
+      // stage 0 is left unset so the bytes equal the Python edge's.
+      const chunk = { packed_indices: pack(idx, spec.bits) };
+      if (stage) chunk.stage = stage;
+      messages.push(def.requestSerialize({ chunk }));
+    });
+    const edgeMs = Number(process.hrtime.bigint() - started) / 1e6;
+    const payloadBytes = messages.reduce((n, m) => n + m.length, 0);
+    if (opts.dumpPayload) {
+      fs.writeFileSync(opts.dumpPayload, JSON.stringify({
+        method: METHOD, messages_base64: messages.map((m) => m.toString("base64")) }));
+    }
+
+    const identity = (buf) => buf;
+    const call = client.makeBidiStreamRequest(METHOD, identity, def.responseDeserialize, metadata,
+      { deadline: deadline() });
+    const result = await new Promise((resolve, reject) => {
+      let text = "";
+      let summary = null;
+      call.on("data", (res) => {
+        if (res.part === "text_delta") {
+          text += res.text_delta;
+          if (!opts.json) process.stdout.write(res.text_delta);
+        } else if (res.part === "summary") {
+          summary = res.summary;
+        }
+      });
+      call.on("error", (err) => reject(rpcError(err, tls)));
+      call.on("end", () => (summary ? resolve({ text, summary })
+        : reject(new Error("the stream ended without a summary"))));
+      for (const m of messages) call.write(m);
+      call.end();
+    });
+    const totalMs = Number(process.hrtime.bigint() - started) / 1e6;
+    const s = result.summary;
+    if (opts.json) {
+      console.log(JSON.stringify({
+        answer: s.answer, streamed_text: result.text, mode: "alignedvq", runtime: "onnxruntime-node",
+        payload_bytes: payloadBytes, server_payload_bytes: s.payload_bytes,
+        tokens_generated: s.tokens_generated, model_id: s.model_id, request_id: s.request_id,
+        edge_ms: Number(edgeMs.toFixed(2)), total_ms: Number(totalMs.toFixed(2)),
+      }));
+    } else {
+      process.stdout.write("\n");
+      console.error(`[alignedvq via onnxruntime-node: ${payloadBytes} B sent, edge `
+        + `${edgeMs.toFixed(0)} ms, total ${totalMs.toFixed(0)} ms]`);
+    }
+  } finally {
+    client.close();
+  }
+}
+
+main(process.argv.slice(2)).then(() => process.exit(0), (err) => {
+  console.error(`${PROG}: ${err instanceof IncompatibleServer ? "incompatible server: " : ""}${err.message}`);
+  if (err instanceof UsageError) console.error(`run 'node ${PROG} --help' for usage`);
+  let code = 1;
+  if (err instanceof UsageError || err.code === "ENOENT" || err.code === "EACCES") code = 2;
+  else if (err instanceof IncompatibleServer) code = 3;
+  process.exit(code);
+});
