@@ -129,7 +129,7 @@ def _agent_run(cmd: list[str]) -> dict:
 
 
 def agent_processes(edge_dir: Path, runs: int) -> dict:
-    from cloud_server.launch import ServerProcess
+    from offline.server_process import ServerProcess
 
     exe = Path(sys.executable).parent / "edge-agent"
     base = [str(exe)] if exe.exists() else [sys.executable, "-m", "edge_agent.cli"]

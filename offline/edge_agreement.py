@@ -31,7 +31,7 @@ def compare_edges(dataset: Path, onnx_dir: Path, model_dir: Path, codec_dir: Pat
                   server: str | None = None, limit: int | None = None, batch: int = 32,
                   concurrency: int = 8) -> dict:
     from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-    from cloud_server.launch import ServerProcess
+    from offline.server_process import ServerProcess
     from common.packing import pack
     from common.pipeline import EdgeHalf
     from edge_agent.client import channel

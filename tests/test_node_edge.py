@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cloud_server.launch import ServerProcess
+from offline.server_process import ServerProcess
 from common.clip_preprocess import preprocess
 from common.edge_spec import EdgeSpec
 from common.images import open_image

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from alignedvq.v1 import inference_pb2 as pb
-from cloud_server.launch import ServerProcess
+from offline.server_process import ServerProcess
 from common.clip_preprocess import preprocess
 from common.edge_spec import EdgeSpec, Preprocess
 from common.images import open_image
