@@ -16,6 +16,7 @@ Servicers raise domain errors and never abort by hand; they find their :class:`C
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -172,6 +173,21 @@ class RpcLayer(grpc.aio.ServerInterceptor):
                 call.done(code, str(error))
             await context.abort(code, detail)
 
+        @contextlib.asynccontextmanager
+        async def outcome(call: Call, context):
+            """However the call ends: OK, cancelled, refused (the table) or a bug."""
+            try:
+                await admit(call, context)
+                yield
+                ended(call, grpc.StatusCode.OK)
+            except grpc.aio.AbortError:
+                raise
+            except asyncio.CancelledError:
+                ended(call, grpc.StatusCode.CANCELLED, "client went away or its deadline passed")
+                raise
+            except Exception as e:
+                await refuse(call, context, e)
+
         def request_of(request, call):
             if handler.request_streaming:
                 return _messages(request, call)
@@ -180,8 +196,7 @@ class RpcLayer(grpc.aio.ServerInterceptor):
         if handler.response_streaming:
             async def wrapped(request, context):
                 call = begin()
-                try:
-                    await admit(call, context)
+                async with outcome(call, context):
                     result = behavior(request_of(request, call), context)
                     if hasattr(result, "__aiter__"):
                         async for response in result:
@@ -191,33 +206,14 @@ class RpcLayer(grpc.aio.ServerInterceptor):
                     else:
                         for response in result:
                             yield response
-                    ended(call, grpc.StatusCode.OK)
-                except grpc.aio.AbortError:
-                    raise
-                except asyncio.CancelledError:
-                    ended(call, grpc.StatusCode.CANCELLED, "client went away or its deadline "
-                                                           "passed")
-                    raise
-                except Exception as e:
-                    await refuse(call, context, e)
         else:
             async def wrapped(request, context):
                 call = begin()
-                try:
-                    await admit(call, context)
+                async with outcome(call, context):
                     response = behavior(request_of(request, call), context)
                     if inspect.isawaitable(response):  # grpc's generated stubs are plain defs
                         response = await response
-                    ended(call, grpc.StatusCode.OK)
                     return response
-                except grpc.aio.AbortError:
-                    raise
-                except asyncio.CancelledError:
-                    ended(call, grpc.StatusCode.CANCELLED, "client went away or its deadline "
-                                                           "passed")
-                    raise
-                except Exception as e:
-                    await refuse(call, context, e)
 
         return make(wrapped, request_deserializer=tolerant(handler.request_deserializer,
                                                            type_name),

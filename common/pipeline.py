@@ -14,8 +14,8 @@ from common.codec import AlignedVQ
 from common.features import (ALIGNEDVQ, FEATURE_MODES, FeatureEncoding, PayloadError,
                              make_encoding, request_messages)
 from common.llava_io import build_prompt, load_llava
-from common.split import (EdgeVision, SplitPoint, cloud_image_features, features_at_cut,
-                          merge_image_tokens, prune_for_cloud, vision_fingerprint)
+from common.split import (CloudVision, EdgeVision, SplitPoint, features_at_cut,
+                          merge_image_tokens, vision_fingerprint)
 
 class EdgeHalf:
     """Holds the vision blocks before the cut and the encoder; no language-model weights."""
@@ -65,7 +65,7 @@ class CloudHalf:
         self.vision_fingerprint = vision_fingerprint(Path(model_dir), self.split)
         self.tokens = self.split.tokens(self.model.config.vision_config)
         self.dim = self.model.config.vision_config.hidden_size
-        prune_for_cloud(self.model, self.split)
+        self.vision = CloudVision.take_from(self.model, self.split)
         self.codec = None
         if codec_dir is not None:
             self.codec = AlignedVQ.load(codec_dir, expect_fingerprint=self.vision_fingerprint,
@@ -89,7 +89,7 @@ class CloudHalf:
     def image_embeddings(self, features: torch.Tensor) -> torch.Tensor:
         """Features at the cut (B, T, D) -> LLaVA image embeddings (B, image_tokens, lm_hidden):
         the remaining vision blocks and the projector, what ``get_image_features`` returns."""
-        return cloud_image_features(self.model, features.to(self.model.device))
+        return self.vision(features.to(self.model.device))
 
     @torch.inference_mode()
     def answer(self, features: torch.Tensor, questions: list[str], max_new_tokens: int = 8,

@@ -199,25 +199,32 @@ def features_at_cut(vision: EdgeVision, image_processor, images) -> torch.Tensor
     return vision(pixels.to(vision.pre_layrnorm.weight.device))
 
 
-def prune_for_cloud(model, split: SplitPoint):
-    """Drop the vision parts the cloud never runs: everything up to the cut, and past the feature
-    layer. The blocks ``[K, F)`` stay. The pruned weights were read once at load time, then freed."""
-    tower = model.model.vision_tower
-    kept = nn.ModuleList(list(tower.encoder.layers)[split.split_layer:split.feature_layer])
-    model.model.vision_tower = None
-    model.cloud_vision_layers = kept
-    model.split = split
-    return model
+class CloudVision(nn.Module):
+    """The cloud's share of the vision side: blocks ``[K, F)`` (none when the cut is the feature
+    layer), the CLS rule, and LLaVA's projector. Features at the cut in, image embeddings (what
+    ``get_image_features`` returns) out."""
 
+    def __init__(self, split: SplitPoint, layers: nn.ModuleList, projector: nn.Module):
+        super().__init__()
+        self.split, self.layers, self.projector = split, layers, projector
 
-def cloud_image_features(model, features: torch.Tensor) -> torch.Tensor:
-    """Hidden state at the cut -> projected image tokens, as LLaVA's ``get_image_features``."""
-    h = features.to(model.dtype)
-    for layer in model.cloud_vision_layers:
-        h = layer(h, None)
-    if model.split.cloud_drops_cls:
-        h = h[:, 1:]
-    return model.model.multi_modal_projector(h)
+    @classmethod
+    def take_from(cls, model, split: SplitPoint) -> "CloudVision":
+        """From a loaded LLaVA. Its vision tower is released (``vision_tower = None``): the
+        blocks before the cut run on the edge and those past the feature layer never run, so
+        their weights are freed; the blocks ``[K, F)`` live on here."""
+        tower = model.model.vision_tower
+        layers = nn.ModuleList(list(tower.encoder.layers)[split.split_layer:split.feature_layer])
+        model.model.vision_tower = None
+        return cls(split, layers, model.model.multi_modal_projector)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        h = features.to(next(self.projector.parameters()).dtype)
+        for layer in self.layers:
+            h = layer(h, None)
+        if self.split.cloud_drops_cls:
+            h = h[:, 1:]
+        return self.projector(h)
 
 
 def merge_image_tokens(model, input_ids: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from common.codec import AlignedVQ, CodecConfig, nearest_codeword
 from common.llava_io import open_image
 from common.pipeline import CloudHalf
-from common.split import EdgeVision, cloud_image_features, features_at_cut, merge_image_tokens
+from common.split import EdgeVision, features_at_cut, merge_image_tokens
 from common.datasets import read_questions
 
 
@@ -94,7 +94,7 @@ def answer_batch_ids(cloud: CloudHalf, questions: list[str], answers: list[str])
 
 
 def answer_logits(cloud: CloudHalf, feats, ids, mask, rows, cols):
-    image_features = cloud_image_features(cloud.model, feats)
+    image_features = cloud.vision(feats)  # with gradients (image_embeddings has none)
     embeds = merge_image_tokens(cloud.model, ids, image_features)
     logits = cloud.model(inputs_embeds=embeds, attention_mask=mask).logits
     return logits[rows, cols].float()
