@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from cloud_server.config import ServerConfig
+from common.llava_io import load_image_processor
 from common.pipeline import CloudHalf
 from common.projector_half import ProjectorHalf
 from common.split import EdgeVision
@@ -28,8 +29,6 @@ class CloudModel:
 
 def load(config: ServerConfig) -> CloudModel:
     """Blocking (seconds to minutes): the server runs it on a worker thread."""
-    from transformers import AutoImageProcessor
-
     device, dtype = config.resolved_device(), config.torch_dtype()
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
@@ -39,7 +38,7 @@ def load(config: ServerConfig) -> CloudModel:
     else:
         cloud = CloudHalf(config.model, config.codec, config.split_layer, device, dtype)
     vision = EdgeVision.from_pretrained(config.model, config.split_layer, device, dtype)
-    processor = AutoImageProcessor.from_pretrained(config.model, local_files_only=True)
+    processor = load_image_processor(config.model)
     model_id = cloud.model.config.name_or_path.rstrip("/").split("/")[-1] or config.model
     model = CloudModel(cloud, vision, processor, model_id)
     # The first upload should not pay for lazy initialisation of the vision path either.

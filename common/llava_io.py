@@ -21,16 +21,38 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# The image processor's Pillow backend, always: transformers 5 picks its torchvision backend
+# whenever torchvision imports (the vLLM install makes it importable), and that one resizes
+# differently (up to 0.015 after normalisation): an edge's features would depend on what else is
+# installed, and the ONNX edge (common/clip_preprocess.py) reproduces the Pillow one bit for bit.
+IMAGE_BACKEND = "pil"
+
+
+def load_processor(model_dir: str | Path):
+    """The checkpoint's processor (tokenizer + Pillow image processor), from local files only."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(model_dir, local_files_only=True, backend=IMAGE_BACKEND)
+
+
+def load_image_processor(model_dir: str | Path):
+    """The checkpoint's image processor alone (what the edge and image uploads need)."""
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(model_dir, local_files_only=True,
+                                              backend=IMAGE_BACKEND)
+
+
 def load_llava(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """Model and processor from a local HF-format folder; never touches a model hub."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise ModelNotFoundError(
             f"no HF checkpoint at {model_dir} (expected config.json, *.safetensors and the "
             "processor files, as save_pretrained writes them)")
-    processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+    processor = load_processor(model_dir)
     # Batched generation appends new tokens on the right, so prompts are padded on the left.
     processor.tokenizer.padding_side = "left"
     model = LlavaForConditionalGeneration.from_pretrained(

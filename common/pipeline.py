@@ -13,7 +13,7 @@ import torch
 from common.codec import AlignedVQ
 from common.features import (ALIGNEDVQ, FEATURE_MODES, FeatureEncoding, PayloadError,
                              make_encoding, request_messages)
-from common.llava_io import build_prompt, load_llava
+from common.llava_io import build_prompt, load_image_processor, load_llava
 from common.split import (CloudVision, EdgeVision, SplitPoint, features_at_cut,
                           merge_image_tokens, vision_fingerprint)
 
@@ -23,12 +23,10 @@ class EdgeHalf:
     def __init__(self, model_dir: str | Path, codec_dir: str | Path | None = None,
                  mode: str = "alignedvq", split_layer: int | None = None, device: str = "cpu",
                  dtype: torch.dtype = torch.float32):
-        from transformers import AutoImageProcessor
-
         self.mode = mode
         self.vision = EdgeVision.from_pretrained(model_dir, split_layer, device, dtype)
         self.split = self.vision.split
-        self.image_processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
+        self.image_processor = load_image_processor(model_dir)
         self.tokens = self.split.tokens(self.vision.config.vision_config)
         self.codec = None
         if mode == ALIGNEDVQ:

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from common.codec import AlignedVQ
+from common.llava_io import load_processor
 from common.pipeline import make_encoding
-from common.split import (SplitError, SplitPoint, _safetensors_files, cloud_image_features,
+from common.split import (CloudVision, SplitError, SplitPoint, _safetensors_files,
                           read_vision_tensors, vision_fingerprint)
 
 _PROJECTOR_PREFIXES = ("model.multi_modal_projector.", "multi_modal_projector.")
@@ -37,8 +38,8 @@ def read_projector_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 class _VisionSide(nn.Module):
-    """What :func:`common.split.cloud_image_features` reads of a pruned LLaVA: the blocks after
-    the cut, the split and the projector (at ``.model.multi_modal_projector``)."""
+    """The weights of :class:`common.split.CloudVision` (the blocks after the cut and the
+    projector) under the key names of a LLaVA checkpoint, plus ``config`` for the server."""
 
     def __init__(self, config, split: SplitPoint):
         super().__init__()
@@ -66,11 +67,11 @@ class ProjectorHalf:
     def __init__(self, model_dir: str | Path, codec_dir: str | Path | None = None,
                  split_layer: int | None = None, device: str = "cpu",
                  dtype: torch.dtype = torch.float32):
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoConfig
 
         model_dir = Path(model_dir)
         config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-        self.processor = AutoProcessor.from_pretrained(model_dir, local_files_only=True)
+        self.processor = load_processor(model_dir)
         self.split = SplitPoint.from_config(config, split_layer)
         self.vision_fingerprint = vision_fingerprint(model_dir, self.split)
         self.tokens = self.split.tokens(config.vision_config)
@@ -92,8 +93,9 @@ class ProjectorHalf:
             self.codec = AlignedVQ.load(codec_dir, expect_fingerprint=self.vision_fingerprint,
                                         expect_split_layer=self.split.split_layer)
         self.codec_fingerprint = self.codec.fingerprint() if self.codec else ""
-        self.image_tokens = self.tokens - (1 if self.split.sends_cls and
-                                           self.split.strategy == "default" else 0)
+        self.image_tokens = self.split.image_tokens(config.vision_config)
+        self.vision = CloudVision(self.split, self.model.cloud_vision_layers,
+                                  self.model.model.multi_modal_projector)
 
     def decode(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
         return make_encoding(mode, self.codec, self.tokens, self.dim).decode(chunks)
@@ -101,4 +103,4 @@ class ProjectorHalf:
     @torch.inference_mode()
     def image_embeddings(self, features: torch.Tensor) -> torch.Tensor:
         """Features at the cut (B, T, D) -> LLaVA image embeddings (B, image_tokens, lm_hidden)."""
-        return cloud_image_features(self.model, features.to(self.model.device))
+        return self.vision(features.to(self.model.device))

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common.codec import AlignedVQ, CodecConfig, nearest_codeword
-from common.llava_io import open_image
+from common.llava_io import load_image_processor, open_image
 from common.pipeline import CloudHalf
 from common.split import EdgeVision, features_at_cut, merge_image_tokens
 from common.datasets import read_questions
@@ -113,9 +113,7 @@ def train_codec(model_dir: Path, dataset: Path, out: Path, bits: int = 12, stage
     cloud = CloudHalf(model_dir, split_layer=split_layer)
     for p in cloud.model.parameters():
         p.requires_grad_(False)
-    from transformers import AutoImageProcessor
-
-    image_processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
+    image_processor = load_image_processor(model_dir)
     feats = []
     for i in tqdm(range(0, len(rows), 64), desc="features at the cut", unit="batch"):
         images = [open_image(root / r["image"]) for r in rows[i:i + 64]]
