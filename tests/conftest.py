@@ -1,6 +1,10 @@
+import contextlib
+import io
 import os
 import shutil
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,8 @@ from common.paths import DEFAULT_MODEL_DIR
 # Nothing in the suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+KINDS = ("unit", "integration")
 
 
 def cli(name: str) -> list[str]:
@@ -23,8 +29,80 @@ def cli(name: str) -> list[str]:
     return [found]
 
 
+# --- markers: every test is exactly one of unit / integration ------------------------------
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection sees the items
+def pytest_collection_modifyitems(config, items):
+    """Tests that start a real process or server carry ``integration`` (module ``pytestmark``
+    or a decorator); every other test is ``unit``, so ``-m unit`` (``make test-fast``) is the
+    edit loop's suite."""
+    for item in items:
+        kinds = {m.name for m in item.iter_markers() if m.name in KINDS}
+        if len(kinds) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked both unit and integration")
+        if not kinds:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request, monkeypatch):
+    """Keeps the ``unit`` marker true: a unit test that starts a process fails, naming the
+    marker it needs, instead of silently slowing down the fast target."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(self, args, *rest, **kw):
+        raise AssertionError(f"a unit test started a process ({args!r}): mark the test "
+                             "@pytest.mark.integration, or keep it in-process")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+
+
+# --- shared expensive things ---------------------------------------------------------------
+
 @pytest.fixture(scope="session")
 def embedded_model():
     from common.llava_io import load_llava
 
     return load_llava(DEFAULT_MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def default_server():
+    """One real ``cloud-server`` with default flags (embedded model, shipped codec), started
+    once per test run and shared by every module that needs nothing else. Tests must leave it
+    serving: ones that stop, drain or reconfigure a server start their own."""
+    from cloud_server.launch import ServerProcess
+
+    with ServerProcess() as server:
+        server.wait_ready()
+        yield server
+
+
+@dataclass
+class Run:
+    """What ``subprocess.run(..., capture_output=True, text=True)`` returns, for an in-process
+    run of a console script's ``main``."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_in_process(main, argv: list[str]) -> Run:
+    """Runs a console script's ``main(argv)`` in this interpreter, capturing what it prints.
+    Spares the ~4 s of torch/transformers imports a subprocess pays; tests about the process
+    itself (exit codes, streams) keep a real subprocess."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse errors
+            code = e.code if isinstance(e.code, int) else 1
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def edge_agent_in_process(*argv) -> Run:
+    """``edge-agent ARGV`` in this process (edge_agent.cli.main)."""
+    from edge_agent.cli import main
+
+    return run_in_process(main, list(argv))

@@ -18,6 +18,7 @@ def _positive(value) -> bool:
     return isinstance(value, (int, float)) and value > 0
 
 
+@pytest.mark.integration
 def test_bench_quick_writes_report(tmp_path):
     out = tmp_path / "bench"
     done = subprocess.run([*cli("alignedvq"), "bench", "--quick", "--out", str(out), "--json"],

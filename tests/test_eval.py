@@ -1,15 +1,18 @@
-"""``alignedvq eval`` as a user runs it: the real console script on real files."""
+"""``alignedvq eval`` as a user runs it, on real files: the command's main in this process,
+and the real console script where the process is the point (exit code, stderr)."""
 
 import json
 import subprocess
 
+import pytest
+
 from common.shapes_vqa import FAMILIES, write_dataset
-from conftest import cli
+from conftest import cli, run_in_process
+from offline.cli import main as alignedvq
 
 
-def run_eval(*args, timeout=300):
-    return subprocess.run(cli("alignedvq") + ["eval", *args], capture_output=True, text=True,
-                          timeout=timeout)
+def run_eval(*args):
+    return run_in_process(alignedvq, ["eval", *args])
 
 
 def test_eval_json_on_a_fresh_test_split(tmp_path):
@@ -49,9 +52,11 @@ def test_unloadable_images_are_reported_not_fatal(tmp_path):
     assert result["accuracy"] <= 3 / 5
 
 
+@pytest.mark.integration
 def test_malformed_file_is_a_clear_error(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"image": "a.png", "question": "x?"}\n')
-    out = run_eval("--dataset", str(path))
+    out = subprocess.run(cli("alignedvq") + ["eval", "--dataset", str(path)],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert "missing field(s) answer" in out.stderr
