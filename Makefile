@@ -34,9 +34,10 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
-# The edit loop: unit tests only (in-process, no server or subprocess), under a minute.
+# The edit loop: unit tests only (in-process, no server or subprocess), property tests at 100
+# examples each (tests/conftest.py), under a minute.
 test-fast: install
-	$(PY) -m pytest -q -m unit
+	ALIGNEDVQ_TEST_FAST=1 $(PY) -m pytest -q -m unit
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info $(NODE_CLIENT)/node_modules

@@ -1,5 +1,6 @@
 import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 KINDS = ("unit", "integration")
+# `make test-fast` sets this: property tests then draw at most FAST_EXAMPLES cases each, so the
+# edit loop stays under a minute; `make test` draws each test's full number.
+FAST = os.environ.get("ALIGNEDVQ_TEST_FAST") == "1"
+FAST_EXAMPLES = 100
+
+
+def examples(full: int) -> int:
+    """Hypothesis ``max_examples`` for a property test whose full run draws ``full``."""
+    return min(full, FAST_EXAMPLES) if FAST else full
 
 
 def cli(name: str) -> list[str]:
@@ -106,3 +116,25 @@ def edge_agent_in_process(*argv) -> Run:
     from edge_agent.cli import main
 
     return run_in_process(main, list(argv))
+
+
+# --- a shared evaluation ---------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def test_split(tmp_path_factory) -> Path:
+    """A fresh 60-question ShapesVQA test split (seed 2), shared by the evaluation tests."""
+    from common.shapes_vqa import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("test-split"), 60, seed=2, progress=False)
+
+
+@pytest.fixture(scope="session")
+def original_eval(test_split) -> dict:
+    """``alignedvq eval --dataset SPLIT --json --batch-size 32`` (the original model), run once
+    per session in this process: tests/test_eval.py checks it, tests/test_codec.py compares the
+    codec's accuracy with it."""
+    from offline.cli import main
+
+    out = run_in_process(main, ["eval", "--dataset", test_split, "--json", "--batch-size", "32"])
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)

@@ -89,17 +89,16 @@ def test_shipped_codec_matches_the_shipped_model():
     assert meta["bits"] == 12 and meta["codebook_size"] == 4096
 
 
-def test_eval_alignedvq_payload_budget_and_accuracy(tmp_path):
-    path = write_dataset(tmp_path, 60, seed=2, progress=False)
-    results = {}
-    for mode in ("original", "alignedvq"):
-        out = run_in_process(alignedvq, ["eval", "--dataset", path, "--mode", mode, "--json"])
-        assert out.returncode == 0, out.stderr
-        results[mode] = json.loads(out.stdout)
-    vq = results["alignedvq"]
+def test_eval_alignedvq_payload_budget_and_accuracy(test_split, original_eval):
+    # The same 60 questions as the original model's run (shared, tests/conftest.py).
+    out = run_in_process(alignedvq, ["eval", "--dataset", test_split, "--mode", "alignedvq",
+                                     "--json"])
+    assert out.returncode == 0, out.stderr
+    vq = json.loads(out.stdout)
+    assert vq["n"] == original_eval["n"] == 60
     assert vq["payload_bytes_mean"] <= 1.6 * vq["image_tokens"] + 64
     assert vq["compression_ratio_vs_fp16"] > 100
-    assert vq["accuracy"] >= results["original"]["accuracy"] - 0.05, results
+    assert vq["accuracy"] >= original_eval["accuracy"] - 0.05, (vq, original_eval)
 
 
 def test_eval_refuses_a_codec_for_another_model(tmp_path):

@@ -15,11 +15,8 @@ def run_eval(*args):
     return run_in_process(alignedvq, ["eval", *args])
 
 
-def test_eval_json_on_a_fresh_test_split(tmp_path):
-    path = write_dataset(tmp_path, 60, seed=2, progress=False)
-    out = run_eval("--dataset", str(path), "--json", "--batch-size", "32")
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+def test_eval_json_on_a_fresh_test_split(original_eval):
+    result = original_eval  # `eval --dataset SPLIT --json --batch-size 32` (tests/conftest.py)
     assert result["mode"] == "original"
     assert result["n"] == 60
     assert set(result["by_family"]) <= set(FAMILIES)
