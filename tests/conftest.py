@@ -1,6 +1,11 @@
+import contextlib
+import io
+import json
 import os
 import shutil
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -10,6 +15,17 @@ from common.paths import DEFAULT_MODEL_DIR
 # Nothing in the suite may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+KINDS = ("unit", "integration")
+# `make test-fast` sets this: property tests then draw at most FAST_EXAMPLES cases each, so the
+# edit loop stays under a minute; `make test` draws each test's full number.
+FAST = os.environ.get("ALIGNEDVQ_TEST_FAST") == "1"
+FAST_EXAMPLES = 100
+
+
+def examples(full: int) -> int:
+    """Hypothesis ``max_examples`` for a property test whose full run draws ``full``."""
+    return min(full, FAST_EXAMPLES) if FAST else full
 
 
 def cli(name: str) -> list[str]:
@@ -22,6 +38,37 @@ def cli(name: str) -> list[str]:
         pytest.fail(f"console script {name!r} not installed; run `make install`")
     return [found]
 
+
+# --- markers: every test is exactly one of unit / integration ------------------------------
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection sees the items
+def pytest_collection_modifyitems(config, items):
+    """Tests that start a real process or server carry ``integration`` (module ``pytestmark``
+    or a decorator); every other test is ``unit``, so ``-m unit`` (``make test-fast``) is the
+    edit loop's suite."""
+    for item in items:
+        kinds = {m.name for m in item.iter_markers() if m.name in KINDS}
+        if len(kinds) > 1:
+            raise pytest.UsageError(f"{item.nodeid} is marked both unit and integration")
+        if not kinds:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request, monkeypatch):
+    """Keeps the ``unit`` marker true: a unit test that starts a process fails, naming the
+    marker it needs, instead of silently slowing down the fast target."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def refuse(self, args, *rest, **kw):
+        raise AssertionError(f"a unit test started a process ({args!r}): mark the test "
+                             "@pytest.mark.integration, or keep it in-process")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+
+
+# --- shared expensive things ---------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def embedded_model():
@@ -42,3 +89,66 @@ def exported_edge(tmp_path_factory) -> Path:
     assert r.returncode == 0, r.stderr[-3000:]
     (out / "export.log").write_text(r.stdout)
     return out
+
+
+@pytest.fixture(scope="session")
+def default_server():
+    """One real ``cloud-server`` with default flags (embedded model, shipped codec), started
+    once per test run and shared by every module that needs nothing else. Tests must leave it
+    serving: ones that stop, drain or reconfigure a server start their own."""
+    from offline.server_process import ServerProcess
+
+    with ServerProcess() as server:
+        server.wait_ready()
+        yield server
+
+
+@dataclass
+class Run:
+    """What ``subprocess.run(..., capture_output=True, text=True)`` returns, for an in-process
+    run of a console script's ``main``."""
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_in_process(main, argv: list[str]) -> Run:
+    """Runs a console script's ``main(argv)`` in this interpreter, capturing what it prints.
+    Spares the ~4 s of torch/transformers imports a subprocess pays; tests about the process
+    itself (exit codes, streams) keep a real subprocess."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse errors
+            code = e.code if isinstance(e.code, int) else 1
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def edge_agent_in_process(*argv) -> Run:
+    """``edge-agent ARGV`` in this process (edge_agent.cli.main)."""
+    from edge_agent.cli import main
+
+    return run_in_process(main, list(argv))
+
+
+# --- a shared evaluation ---------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def test_split(tmp_path_factory) -> Path:
+    """A fresh 60-question ShapesVQA test split (seed 2), shared by the evaluation tests."""
+    from common.shapes_vqa import write_dataset
+
+    return write_dataset(tmp_path_factory.mktemp("test-split"), 60, seed=2, progress=False)
+
+
+@pytest.fixture(scope="session")
+def original_eval(test_split) -> dict:
+    """``alignedvq eval --dataset SPLIT --json --batch-size 32`` (the original model), run once
+    per session in this process: tests/test_eval.py checks it, tests/test_codec.py compares the
+    codec's accuracy with it."""
+    from offline.cli import main
+
+    out = run_in_process(main, ["eval", "--dataset", test_split, "--json", "--batch-size", "32"])
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)

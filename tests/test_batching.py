@@ -1,6 +1,7 @@
 """Dynamic batching: the same greedy answers as one request at a time, whatever joins or leaves
 the batch when; cancelled requests leave at once; a full queue refuses at once."""
 
+import contextlib
 import json
 import threading
 import time
@@ -130,7 +131,10 @@ def test_cancelling_mid_generation_frees_the_row(cloud, embeddings):
     try:
         scheduler.submit(long_job)
         scheduler.submit(short_job)
-        time.sleep(0.3)
+        deadline = time.monotonic() + 30
+        while not any(n == "long" and k == "delta" for n, k, _ in events):  # it is generating
+            assert time.monotonic() < deadline, events
+            time.sleep(0.005)
         long_job.cancel()
         deadline = time.monotonic() + 30
         while scheduler.active() or scheduler.queue_depth():
@@ -179,18 +183,19 @@ def _ask_all_at_once(address, requests):
     return summaries
 
 
+@pytest.mark.integration
 def test_served_answers_are_identical_with_batching_on_and_off():
     edges = {m: EdgeHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR, m)
              for m in ("alignedvq", "fp16", "int8")}
     size = edges["fp16"].vision.config.vision_config.image_size
     requests = _mixed_requests(edges, size)
-    results = {}
-    # A wide window makes the concurrent requests share a batch for sure.
-    for setting, flags in {"off": ["--max-batch-size", "1"],
-                           "on": ["--batch-window-ms", "300"]}.items():
-        with ServerProcess(*flags) as server:
-            server.wait_ready()
-            results[setting] = _ask_all_at_once(server.address, requests)
+    # A wide window makes the concurrent requests share a batch for sure. Both servers start
+    # together, so their model loads overlap; they are asked one after the other.
+    settings = {"off": ["--max-batch-size", "1"], "on": ["--batch-window-ms", "300"]}
+    with contextlib.ExitStack() as stack:
+        servers = {k: stack.enter_context(ServerProcess(*flags)) for k, flags in settings.items()}
+        results = {k: _ask_all_at_once(server.wait_ready().address, requests)
+                   for k, server in servers.items()}
     assert [s.answer for s in results["on"]] == [s.answer for s in results["off"]]
     assert all(s.answer for s in results["on"])
     assert {s.batch_size for s in results["off"]} == {1}

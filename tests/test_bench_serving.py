@@ -1,20 +1,27 @@
 """Quick runs of the serving benchmarks against real servers. They check that the runs work and
 report well-formed figures; figures are reported, never asserted.
 
-- `alignedvq bench load --quick`: many concurrent clients, one server with a deliberately
+- `alignedvq bench load --seconds 2`: many concurrent clients, one server with a deliberately
   small queue. Nothing but answers and RESOURCE_EXHAUSTED refusals may come back.
-- `alignedvq bench batching --quick --json`: batching off and on at 1, 4, 16, 32 clients."""
+- `alignedvq bench batching --quick --json`: batching off and on at 1, 4, 16, 32 clients.
+
+Both run the command's main in this process (the servers they drive are real processes): a
+subprocess would add only another torch start-up; `tests/test_bench.py` runs the real
+`alignedvq` process."""
 
 import json
-import subprocess
 
-from conftest import cli
+import pytest
+
+from conftest import run_in_process
+from offline.cli import main as alignedvq
+
+pytestmark = pytest.mark.integration  # the bench commands start servers
 
 
 def test_concurrent_clients_get_answers_or_fast_refusals_only():
-    out = subprocess.run(cli("alignedvq") + ["bench", "load", "--quick", "--clients", "16",
-                                             "--json"],
-                         capture_output=True, text=True, timeout=300)
+    out = run_in_process(alignedvq, ["bench", "load", "--clients", "16", "--seconds", "2",
+                                     "--json"])
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert [r["config"] for r in report["results"]] == ["default limits", "small queue"]
@@ -27,8 +34,7 @@ def test_concurrent_clients_get_answers_or_fast_refusals_only():
 
 
 def test_batching_benchmark_reports_every_point_and_the_speedup():
-    out = subprocess.run(cli("alignedvq") + ["bench", "batching", "--quick", "--json"],
-                         capture_output=True, text=True, timeout=300)
+    out = run_in_process(alignedvq, ["bench", "batching", "--quick", "--json"])
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     points = {(p["batching"], p["clients"]): p for p in report["points"]}

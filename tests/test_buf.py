@@ -23,6 +23,8 @@ import pytest
 
 from common.paths import REPO_ROOT
 
+pytestmark = pytest.mark.integration  # the buf binary and git
+
 RELEASED = REPO_ROOT / "protos" / "released" / "alignedvq-v1.0.json"
 
 

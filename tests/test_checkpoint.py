@@ -5,11 +5,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from common.answers import is_correct
 from common.llava_io import answer_batch, build_prompt, open_image
 from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
 
 
+@pytest.mark.integration
 def test_loads_offline_through_transformers_in_a_fresh_process():
     code = (
         "import sys, torch\n"

@@ -6,10 +6,14 @@ import socket
 import subprocess
 import urllib.request
 
+import pytest
+
 from offline.server_process import ServerProcess
 from common.paths import SAMPLES_DIR
 from conftest import cli
 from edge_agent.cli import main
+
+pytestmark = pytest.mark.integration  # real servers or processes
 
 IMAGE = SAMPLES_DIR / "images" / "sample2.png"
 QUESTION, ANSWER = "how many objects are there?", "five"

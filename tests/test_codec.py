@@ -3,7 +3,6 @@ through serialised messages, sizes are counted, mismatches are refused."""
 
 import json
 import shutil
-import subprocess
 
 import pytest
 import torch
@@ -15,7 +14,8 @@ from common.features import (AlignedVQEncoding, Fp16Encoding, Int8Encoding, Payl
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
 from common.shapes_vqa import write_dataset
 from common.split import SplitPoint, vision_fingerprint
-from conftest import cli
+from conftest import run_in_process
+from offline.cli import main as alignedvq
 
 
 def small_codec(bits=6, stages=2, dim=16, tokens=10):
@@ -89,19 +89,16 @@ def test_shipped_codec_matches_the_shipped_model():
     assert meta["bits"] == 12 and meta["codebook_size"] == 4096
 
 
-def test_eval_alignedvq_payload_budget_and_accuracy(tmp_path):
-    path = write_dataset(tmp_path, 60, seed=2, progress=False)
-    results = {}
-    for mode in ("original", "alignedvq"):
-        out = subprocess.run(cli("alignedvq") + ["eval", "--dataset", str(path), "--mode", mode,
-                                                 "--json"],
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stderr
-        results[mode] = json.loads(out.stdout)
-    vq = results["alignedvq"]
+def test_eval_alignedvq_payload_budget_and_accuracy(test_split, original_eval):
+    # The same 60 questions as the original model's run (shared, tests/conftest.py).
+    out = run_in_process(alignedvq, ["eval", "--dataset", test_split, "--mode", "alignedvq",
+                                     "--json"])
+    assert out.returncode == 0, out.stderr
+    vq = json.loads(out.stdout)
+    assert vq["n"] == original_eval["n"] == 60
     assert vq["payload_bytes_mean"] <= 1.6 * vq["image_tokens"] + 64
     assert vq["compression_ratio_vs_fp16"] > 100
-    assert vq["accuracy"] >= results["original"]["accuracy"] - 0.05, results
+    assert vq["accuracy"] >= original_eval["accuracy"] - 0.05, (vq, original_eval)
 
 
 def test_eval_refuses_a_codec_for_another_model(tmp_path):
@@ -111,26 +108,23 @@ def test_eval_refuses_a_codec_for_another_model(tmp_path):
     meta["vision_fingerprint"] = "0123456789abcdef"
     (codec_dir / "codec.json").write_text(json.dumps(meta))
     data = write_dataset(tmp_path / "data", 2, seed=2, progress=False)
-    out = subprocess.run(cli("alignedvq") + ["eval", "--dataset", str(data), "--mode",
-                                             "alignedvq", "--codec", str(codec_dir)],
-                         capture_output=True, text=True, timeout=300)
+    out = run_in_process(alignedvq, ["eval", "--dataset", data, "--mode", "alignedvq",
+                                     "--codec", codec_dir])
     assert out.returncode == 2
     assert "0123456789abcdef" in out.stderr and "but the model has" in out.stderr
 
 
 def test_train_codec_command_writes_a_codec_that_eval_uses(tmp_path):
-    data = write_dataset(tmp_path / "data", 40, seed=7, progress=False)
-    out = subprocess.run(cli("alignedvq") + ["train-codec", "--dataset", str(data), "--bits", "4",
-                                             "--stages", "2", "--steps", "5", "--batch", "8",
-                                             "--out", str(tmp_path / "codec")],
-                         capture_output=True, text=True, timeout=300)
+    data = write_dataset(tmp_path / "data", 16, seed=7, progress=False)
+    out = run_in_process(alignedvq, ["train-codec", "--dataset", data, "--bits", "4",
+                                     "--stages", "2", "--steps", "2", "--batch", "4",
+                                     "--out", tmp_path / "codec"])
     assert out.returncode == 0, out.stderr
     meta = json.loads((tmp_path / "codec" / "codec.json").read_text())
     assert (meta["bits"], meta["stages"], meta["codebook_size"]) == (4, 2, 16)
-    result = subprocess.run(cli("alignedvq") + ["eval", "--dataset", str(data), "--limit", "8",
-                                                "--mode", "alignedvq", "--codec",
-                                                str(tmp_path / "codec"), "--json"],
-                            capture_output=True, text=True, timeout=300)
+    result = run_in_process(alignedvq, ["eval", "--dataset", data, "--limit", "4",
+                                        "--mode", "alignedvq", "--codec", tmp_path / "codec",
+                                        "--json"])
     assert result.returncode == 0, result.stderr
     measured = json.loads(result.stdout)
     # two 4-bit stages over 64 tokens: 2 chunks of 32 bytes, plus the header

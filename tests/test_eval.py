@@ -1,22 +1,22 @@
-"""``alignedvq eval`` as a user runs it: the real console script on real files."""
+"""``alignedvq eval`` as a user runs it, on real files: the command's main in this process,
+and the real console script where the process is the point (exit code, stderr)."""
 
 import json
 import subprocess
 
+import pytest
+
 from common.shapes_vqa import FAMILIES, write_dataset
-from conftest import cli
+from conftest import cli, run_in_process
+from offline.cli import main as alignedvq
 
 
-def run_eval(*args, timeout=300):
-    return subprocess.run(cli("alignedvq") + ["eval", *args], capture_output=True, text=True,
-                          timeout=timeout)
+def run_eval(*args):
+    return run_in_process(alignedvq, ["eval", *args])
 
 
-def test_eval_json_on_a_fresh_test_split(tmp_path):
-    path = write_dataset(tmp_path, 60, seed=2, progress=False)
-    out = run_eval("--dataset", str(path), "--json", "--batch-size", "32")
-    assert out.returncode == 0, out.stderr
-    result = json.loads(out.stdout)
+def test_eval_json_on_a_fresh_test_split(original_eval):
+    result = original_eval  # `eval --dataset SPLIT --json --batch-size 32` (tests/conftest.py)
     assert result["mode"] == "original"
     assert result["n"] == 60
     assert set(result["by_family"]) <= set(FAMILIES)
@@ -49,9 +49,11 @@ def test_unloadable_images_are_reported_not_fatal(tmp_path):
     assert result["accuracy"] <= 3 / 5
 
 
+@pytest.mark.integration
 def test_malformed_file_is_a_clear_error(tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text('{"image": "a.png", "question": "x?"}\n')
-    out = run_eval("--dataset", str(path))
+    out = subprocess.run(cli("alignedvq") + ["eval", "--dataset", str(path)],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert "missing field(s) answer" in out.stderr

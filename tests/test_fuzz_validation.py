@@ -16,9 +16,10 @@ from cloud_server.validation import CodesReader, RequestValidator
 from common.errors import Incompatible, InvalidRequest, ServiceError
 from common.features import fingerprint_bytes
 from common.packing import PackingError, unpack
+from conftest import examples
 
 DOCUMENTED = (InvalidRequest, Incompatible)
-FUZZ = settings(max_examples=1500, deadline=None,
+FUZZ = settings(max_examples=examples(1500), deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

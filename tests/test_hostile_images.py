@@ -21,6 +21,8 @@ from common.images import ImageRefused, model_square, open_image
 from common.paths import SAMPLES_DIR
 from conftest import cli
 
+pytestmark = pytest.mark.integration  # real servers or processes
+
 COUNT = ("how many objects are there?", "five")  # about sample2.png
 WHERE = ("where is the green object?", "bottom")  # about sample1.png: not rotation-invariant
 MODES = ("alignedvq", "image")

@@ -19,6 +19,8 @@ from common.pipeline import EdgeHalf
 from edge_agent.client import jpeg_upload
 from offline.server_process import ServerProcess
 
+pytestmark = pytest.mark.integration  # real servers or processes
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -181,6 +183,7 @@ def test_the_corpus_has_at_least_25_cases():
     assert len(CORPUS) >= 25
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_malformed_request(name, stub, valid):
     (kind, build), code, fragment = CORPUS[name]
@@ -193,6 +196,7 @@ def test_malformed_request(name, stub, valid):
     assert answer
 
 
+@pytest.mark.integration
 def test_a_full_queue_gets_resource_exhausted_and_nothing_else(valid):
     with ServerProcess("--max-batch-size", "1", "--max-queued", "1") as server:
         server.wait_ready()
@@ -217,6 +221,7 @@ def test_a_full_queue_gets_resource_exhausted_and_nothing_else(valid):
         assert _send(stub, "codes", valid[A])[-1].summary.answer
 
 
+@pytest.mark.integration
 def test_the_server_side_deadline_gives_deadline_exceeded(valid):
     with ServerProcess("--request-timeout-seconds", "0.001") as server:
         server.wait_ready()

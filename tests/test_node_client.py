@@ -26,6 +26,7 @@ CLIENT_DIR = REPO_ROOT / "examples" / "node-client"
 NODE = shutil.which("node")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not on PATH (the Node.js client "
                                 "needs Node >= 18; CI has it)")
+pytestmark = [pytestmark, pytest.mark.integration]  # a TLS cloud-server and Node.js processes
 TOKEN = "node-client-test-token"
 
 

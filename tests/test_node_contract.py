@@ -26,7 +26,6 @@ import pytest
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from offline.server_process import ServerProcess
 from common.packing import unpack
 from common.paths import REPO_ROOT, SAMPLES_DIR
 
@@ -34,17 +33,16 @@ CLIENT_DIR = REPO_ROOT / "examples" / "node-client"
 NODE, NPM = shutil.which("node"), shutil.which("npm")
 pytestmark = pytest.mark.skipif(NODE is None or NPM is None,
                                 reason="node/npm are not on PATH (CI has them)")
+pytestmark = [pytestmark, pytest.mark.integration]  # a cloud-server and Node.js processes
 IMAGE = SAMPLES_DIR / "images" / "sample1.png"
 QUESTION = "where is the green object?"
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(default_server):
     if not (CLIENT_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
         pytest.fail(f"{CLIENT_DIR}/node_modules is missing: run `make install` (npm ci)")
-    with ServerProcess() as s:
-        s.wait_ready()
-        yield s
+    return default_server  # the session's shared server (tests/conftest.py)
 
 
 def edge_agent(server, mode: str, dump=None) -> dict:

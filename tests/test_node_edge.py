@@ -27,8 +27,9 @@ from common.paths import REPO_ROOT, SAMPLES_DIR
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (make install)")
 CLIENT_DIR = REPO_ROOT / "examples" / "node-client"
 NODE, NPM = shutil.which("node"), shutil.which("npm")
-pytestmark = pytest.mark.skipif(NODE is None or NPM is None,
-                                reason="node/npm are not on PATH (CI has them)")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(NODE is None or NPM is None,
+                                 reason="node/npm are not on PATH (CI has them)")]
 ROWS = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text().splitlines()]
 
 

@@ -3,7 +3,6 @@ sets, the server logs and echoes back."""
 
 import json
 import re
-import subprocess
 import urllib.request
 
 import grpc
@@ -12,8 +11,10 @@ import pytest
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common.paths import SAMPLES_DIR
-from conftest import cli
+from conftest import edge_agent_in_process
 from offline.server_process import ServerProcess
+
+pytestmark = pytest.mark.integration  # a cloud-server with metrics and JSON logs
 
 IMAGE = str(SAMPLES_DIR / "images" / "sample1.png")
 
@@ -44,9 +45,9 @@ def _scrape(server) -> dict[str, float]:
 
 
 def _edge(server, *args):
-    out = subprocess.run(cli("edge-agent") + ["--server", server.address, "--image", IMAGE,
-                                              "--json", *args],
-                         capture_output=True, text=True, timeout=180)
+    # edge-agent's main in this process: the request id and metadata code is the CLI's own,
+    # without a subprocess's start-up per call.
+    out = edge_agent_in_process("--server", server.address, "--image", IMAGE, "--json", *args)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

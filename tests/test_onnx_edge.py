@@ -21,6 +21,8 @@ from common.edge_spec import EdgeSpec, Preprocess
 from common.images import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 
+pytestmark = pytest.mark.integration  # real servers or processes
+
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (make install)")
 
 ROWS = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text().splitlines()]

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.packing import PackingError, pack, packed_size, unpack
+from conftest import examples
 
 
 @st.composite
@@ -15,7 +16,7 @@ def index_arrays(draw):
     return bits, values
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(index_arrays())
 def test_round_trip_every_width(case):
     bits, values = case
@@ -38,7 +39,7 @@ def test_documented_bit_order():
     assert pack([5], 3) == bytes([0b101])
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(st.binary(max_size=64), st.integers(0, 50), st.integers(1, 16), st.integers(1, 1 << 16))
 def test_unpack_accepts_or_refuses_cleanly(data, count, bits, k):
     try:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
-import signal
 import time
 
 import pytest
@@ -37,20 +35,21 @@ def test_server_list_becomes_a_multi_address_target():
 
 
 @pytest.fixture(scope="module")
-def replicas():
-    with contextlib.ExitStack() as stack:
-        started = [stack.enter_context(ServerProcess()) for _ in range(2)]  # load in parallel
-        for server in started:
-            server.wait_ready()
-        yield started
-        for server in started:
-            server.proc.send_signal(signal.SIGTERM)
+def replicas(request):
+    """Two replicas of one model: the session's shared server and a second one."""
+    with ServerProcess() as second:
+        # Asked for only now, so that a first start of the shared server loads its model
+        # while the second one loads its own.
+        first = request.getfixturevalue("default_server")
+        second.wait_ready()
+        yield [first, second]
 
 
 def answered(server: ServerProcess) -> int:
     return sum(1 for line in server.stderr_lines if ANSWERED.search(line))
 
 
+@pytest.mark.integration
 def test_consecutive_requests_spread_over_replicas(replicas):
     a, b = replicas
     before = [answered(a), answered(b)]
@@ -73,6 +72,7 @@ def test_consecutive_requests_spread_over_replicas(replicas):
     assert min(counts) >= 2, counts
 
 
+@pytest.mark.integration
 def test_a_down_replica_is_skipped(replicas):
     """A listed address that refuses connections does not fail calls: round_robin only
     picks READY replicas."""

@@ -33,7 +33,7 @@ from cloud_server.config import ServerConfig
 from cloud_server.security import SecurityConfigError, ServerSecurity, parse_tokens
 from common.llava_io import open_image
 from common.paths import SAMPLES_DIR
-from conftest import cli
+from conftest import cli, edge_agent_in_process
 from edge_agent.client import auth_metadata, channel, jpeg_upload
 from offline.server_process import ServerProcess
 
@@ -146,9 +146,15 @@ def servers(pki, token_file):
 
 
 def edge_agent(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """The real ``edge-agent`` process: for what is about the process (exit code, stderr)."""
     return subprocess.run(cli("edge-agent") + ["--image", str(IMAGE), "--question", QUESTION,
                                                "--json", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
+
+
+def edge_in_process(*args: str):
+    """``edge-agent``'s main in this process: the same TLS/token code, no subprocess start."""
+    return edge_agent_in_process("--image", IMAGE, "--question", QUESTION, "--json", *args)
 
 
 def image_request(stub, metadata=None) -> pb.AnswerFromImageRequest:
@@ -183,17 +189,19 @@ def status_of(fn, *args) -> grpc.RpcError:
 
 # --- TLS + bearer tokens ------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_edge_agent_over_tls_with_token_answers(servers, pki, token_file):
     # AnswerFromCodes (stream-stream) through the real CLI; the server given twice as a list
     # also checks that a multi-address target verifies the certificate against its host.
     address = servers["tls"].address
-    run = edge_agent("--server", f"{address},{address}", "--tls-ca", pki["ca"],
-                     "--auth-token-file", token_file)
+    run = edge_in_process("--server", f"{address},{address}", "--tls-ca", pki["ca"],
+                          "--auth-token-file", token_file)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1])["answer"].strip()
     assert "without TLS" not in run.stderr
 
 
+@pytest.mark.integration
 def test_wrong_ca_is_refused(servers, pki, token_file, capsys):
     stub = pb_grpc.InferenceServiceStub(channel(servers["tls"].address, tls_ca=pki["other_ca"]))
     error = status_of(call, stub, "GetServerInfo", auth_metadata(TOKEN))
@@ -215,12 +223,14 @@ def test_wrong_ca_is_refused(servers, pki, token_file, capsys):
     assert "UNAVAILABLE" in err and "TLS handshake" in err and "--tls-ca" in err
 
 
+@pytest.mark.integration
 def test_plaintext_client_is_refused_by_tls_server(servers):
     stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(servers["tls"].address))
     error = status_of(call, stub, "GetServerInfo", auth_metadata(TOKEN))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["GetServerInfo", "AnswerFromImage", "AnswerFromCodes"])
 @pytest.mark.parametrize("metadata, expected", [
     (None, "requires a bearer token"),
@@ -244,6 +254,7 @@ def _requests_total(server, method: str, code: str) -> float:
                if line.startswith(wanted))
 
 
+@pytest.mark.integration
 def test_auth_refusals_are_counted_in_the_metrics(servers, pki):
     server = servers["tls"]
     stub = pb_grpc.InferenceServiceStub(channel(server.address, tls_ca=pki["ca"]))
@@ -255,6 +266,7 @@ def test_auth_refusals_are_counted_in_the_metrics(servers, pki):
         assert _requests_total(server, method, "UNAUTHENTICATED") == count + 1, method
 
 
+@pytest.mark.integration
 def test_health_and_reflection_need_no_token(servers, pki):
     ch = channel(servers["tls"].address, tls_ca=pki["ca"])
     health = health_pb2_grpc.HealthStub(ch)
@@ -278,6 +290,7 @@ def healthcheck(*args, env: dict | None = None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60, env={**clean, **(env or {})})
 
 
+@pytest.mark.integration
 def test_healthcheck_against_tls_and_mtls_servers(servers, pki):
     tls, mtls = servers["tls"].address, servers["mtls"].address
     ok = healthcheck("--address", tls, "--tls-ca", pki["ca"])
@@ -296,11 +309,13 @@ def test_healthcheck_against_tls_and_mtls_servers(servers, pki):
     assert refused.returncode == 1 and "--tls-cert" in refused.stderr
 
 
+@pytest.mark.integration
 def test_good_request_after_refusals(servers, pki):
     stub = pb_grpc.InferenceServiceStub(channel(servers["tls"].address, tls_ca=pki["ca"]))
     assert answer_from_image(stub, auth_metadata(TOKEN)).strip()
 
 
+@pytest.mark.integration
 def test_token_rotation_without_restart(servers, pki, token_file):
     stub = pb_grpc.InferenceServiceStub(channel(servers["tls"].address, tls_ca=pki["ca"]))
 
@@ -327,9 +342,16 @@ def test_token_rotation_without_restart(servers, pki, token_file):
         eventually(TOKEN, False)
         assert accepted(TOKEN_2)
         # A broken rewrite (no token at all) keeps the last good tokens instead of locking
-        # every client out.
+        # every client out: once the server has re-read the file (its log says so), the last
+        # good token still works.
+        kept = "keeping the previous tokens"
+        seen = sum(kept in line for line in servers["tls"].stderr_lines)
         token_file.write_text("# nothing here yet\n")
-        time.sleep(1.5)
+        deadline = time.monotonic() + 10
+        while sum(kept in line for line in servers["tls"].stderr_lines) == seen:
+            assert accepted(TOKEN_2)  # each call lets the server re-check the file
+            assert time.monotonic() < deadline, "the broken token file was not re-read in 10 s"
+            time.sleep(0.1)
         assert accepted(TOKEN_2)
     finally:
         token_file.write_text(original)
@@ -338,11 +360,12 @@ def test_token_rotation_without_restart(servers, pki, token_file):
 
 # --- mTLS ---------------------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_mtls_edge_agent_with_client_cert_answers(servers, pki):
     # AnswerFromImage (unary-stream) through the real CLI.
     tls = {"tls_ca": pki["ca"], "tls_cert": pki["client_cert"], "tls_key": pki["client_key"]}
-    run = edge_agent("--server", servers["mtls"].address, "--mode", "image",
-                     *(x for k, v in tls.items() for x in ("--" + k.replace("_", "-"), v)))
+    run = edge_in_process("--server", servers["mtls"].address, "--mode", "image",
+                          *(x for k, v in tls.items() for x in ("--" + k.replace("_", "-"), v)))
     assert run.returncode == 0, run.stderr
     answer = json.loads(run.stdout.strip().splitlines()[-1])["answer"]
     # Same JPEG, same greedy model: the CLI's answer is the one a direct call gets.
@@ -350,6 +373,7 @@ def test_mtls_edge_agent_with_client_cert_answers(servers, pki):
     assert answer.strip() and answer == answer_from_image(stub)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("client", [None, "other_client"], ids=["no-cert", "foreign-ca-cert"])
 def test_mtls_refuses_client_without_trusted_cert(servers, pki, client):
     tls = {"tls_ca": pki["ca"]}
@@ -390,6 +414,7 @@ def test_token_file_format(tmp_path):
         assert "--auth-token-file f" in str(info.value) and "words" not in str(info.value)
 
 
+@pytest.mark.integration
 def test_half_configured_server_exits_2(pki, tmp_path):
     """The real command exits 2, naming the missing flag, before it loads or binds anything."""
     run = subprocess.run([*cli("cloud-server"), "--port", "0", "--tls-cert",

@@ -14,18 +14,18 @@ from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common.llava_io import answer_batch, load_llava, open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from common.pipeline import CloudHalf, EdgeHalf
-from conftest import cli
+from conftest import cli, edge_agent_in_process
 from edge_agent.client import jpeg_upload
 from offline.server_process import ServerProcess
+
+pytestmark = pytest.mark.integration  # real cloud-server processes
 
 ROWS = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
-def server():
-    with ServerProcess() as s:
-        s.wait_ready()
-        yield s
+def server(default_server):
+    return default_server  # the session's shared server (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +34,15 @@ def stub(server):
 
 
 def edge_agent(server, *args, timeout=180):
+    """The real ``edge-agent`` process: for what is about the process (exit code, streams)."""
     return subprocess.run(cli("edge-agent") + ["--server", server.address, *args],
                           capture_output=True, text=True, timeout=timeout)
+
+
+def edge_in_process(server, *args):
+    """``edge-agent`` in this process (its main): the same code path to the server, without
+    a subprocess's ~4 s of imports per call."""
+    return edge_agent_in_process("--server", server.address, *args)
 
 
 def assert_still_serves(stub):
@@ -92,8 +99,8 @@ def test_split_path_answers_equal_the_in_process_pipeline(server):
         image = open_image(SAMPLES_DIR / row["image"])
         expected = cloud.answer(cloud.decode("alignedvq", edge.chunks([image])[0])[None],
                                 [row["question"]])[0]
-        out = edge_agent(server, "--image", str(SAMPLES_DIR / row["image"]),
-                         "--question", row["question"], "--json")
+        out = edge_in_process(server, "--image", str(SAMPLES_DIR / row["image"]),
+                              "--question", row["question"], "--json")
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout)
         assert result["answer"] == expected
@@ -111,8 +118,8 @@ def test_image_mode_answers_equal_the_monolithic_model_on_the_same_jpeg(server, 
         jpeg = tmp_path / "upload.jpg"
         jpeg.write_bytes(jpeg_upload(image, size, 90))
         expected = answer_batch(model, processor, [open_image(jpeg)], [row["question"]])[0]
-        out = edge_agent(server, "--image", str(SAMPLES_DIR / row["image"]), "--question",
-                         row["question"], "--mode", "image", "--json")
+        out = edge_in_process(server, "--image", str(SAMPLES_DIR / row["image"]),
+                              "--question", row["question"], "--mode", "image", "--json")
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout)
         assert result["mode"] == "image" and result["answer"] == expected
@@ -123,8 +130,8 @@ def test_split_path_sends_ten_times_fewer_bytes_and_agrees_with_cloud_only(serve
     for row in ROWS:
         args = ["--image", str(SAMPLES_DIR / row["image"]), "--question", row["question"],
                 "--json"]
-        vq = json.loads(edge_agent(server, *args).stdout)
-        jpeg = json.loads(edge_agent(server, *args, "--mode", "image").stdout)
+        vq = json.loads(edge_in_process(server, *args).stdout)
+        jpeg = json.loads(edge_in_process(server, *args, "--mode", "image").stdout)
         agree += vq["answer"] == jpeg["answer"]
         vq_bytes += vq["payload_bytes"]
         jpeg_bytes += jpeg["payload_bytes"]
@@ -137,7 +144,8 @@ def test_plain_output_streams_the_answer(server):
             "--question", "how many objects are there?"]
     out = edge_agent(server, *args)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == json.loads(edge_agent(server, *args, "--json").stdout)["answer"]
+    as_json = json.loads(edge_in_process(server, *args, "--json").stdout)
+    assert out.stdout.strip() == as_json["answer"]
     assert "B sent" in out.stderr
 
 
@@ -145,8 +153,9 @@ def test_dump_payload_replays_to_the_same_answer(server, stub, tmp_path):
     import base64
 
     dump = tmp_path / "payload.json"
-    out = edge_agent(server, "--image", str(SAMPLES_DIR / "images/sample0.png"), "--question",
-                     "what color is the triangle?", "--json", "--dump-payload", str(dump))
+    out = edge_in_process(server, "--image", str(SAMPLES_DIR / "images/sample0.png"),
+                          "--question", "what color is the triangle?", "--json",
+                          "--dump-payload", str(dump))
     assert out.returncode == 0, out.stderr
     saved = json.loads(dump.read_text())
     assert saved["method"] == "/alignedvq.v1.InferenceService/AnswerFromCodes"
@@ -197,16 +206,17 @@ def test_any_image_pil_opens(server, tmp_path):
     exif[0x0112] = 6  # "rotate 90 CW to view": the viewer undoes our rotation
     rotated.save(tmp_path / "exif.jpg", exif=exif, quality=95)
     for name in list(variants) + ["exif.jpg"]:
-        out = edge_agent(server, "--image", str(tmp_path / name), "--question",
-                         "how many objects are there?", "--json")
+        out = edge_in_process(server, "--image", str(tmp_path / name), "--question",
+                              "how many objects are there?", "--json")
         assert out.returncode == 0, (name, out.stderr)
         assert json.loads(out.stdout)["answer"], name
-    exif_answer = json.loads(edge_agent(server, "--image", str(tmp_path / "exif.jpg"),
-                                        "--question", "where is the red object?",
-                                        "--json").stdout)["answer"]
-    plain_answer = json.loads(edge_agent(server, "--image", str(SAMPLES_DIR / "images/sample2.png"),
-                                         "--question", "where is the red object?",
-                                         "--json").stdout)["answer"]
+    exif_answer = json.loads(edge_in_process(server, "--image", str(tmp_path / "exif.jpg"),
+                                             "--question", "where is the red object?",
+                                             "--json").stdout)["answer"]
+    plain_answer = json.loads(edge_in_process(server, "--image",
+                                              str(SAMPLES_DIR / "images/sample2.png"),
+                                              "--question", "where is the red object?",
+                                              "--json").stdout)["answer"]
     assert exif_answer == plain_answer
 
 
@@ -218,6 +228,7 @@ def test_sigterm_lets_8_in_flight_requests_finish_and_refuses_new_ones():
         header, *chunks = valid_messages()
         release = threading.Event()
         results, errors = [], []
+        opened = threading.Semaphore(0)
 
         def in_flight():
             def requests():
@@ -225,16 +236,32 @@ def test_sigterm_lets_8_in_flight_requests_finish_and_refuses_new_ones():
                 release.wait(30)   # the RPC is open on the server while SIGTERM arrives
                 yield from chunks
             try:
-                results.append(list(stub.AnswerFromCodes(requests()))[-1].summary.answer)
+                call = stub.AnswerFromCodes(requests())
+                call.initial_metadata()  # the server sends it as its handler starts
+                opened.release()
+                results.append(list(call)[-1].summary.answer)
             except grpc.RpcError as e:
                 errors.append(e)
+                opened.release()
 
         threads = [threading.Thread(target=in_flight) for _ in range(8)]
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        for _ in threads:  # all 8 RPCs open on the server
+            assert opened.acquire(timeout=60), errors
         s.proc.send_signal(__import__("signal").SIGTERM)
-        time.sleep(1.0)
+        # The drain has begun once health stops saying SERVING (what a load balancer watches).
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(s.address))
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status \
+                        != health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.RpcError:
+                break
+            assert time.monotonic() < deadline, s.log()
+            time.sleep(0.02)
         with pytest.raises(grpc.RpcError) as refused:
             list(pb_grpc.InferenceServiceStub(grpc.insecure_channel(s.address)).AnswerFromCodes(
                 iter(valid_messages()), timeout=10))

@@ -28,8 +28,9 @@ from common.pipeline import EdgeHalf
 from conftest import cli
 from edge_agent.client import jpeg_upload
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                                reason="the vllm extra is not installed (make test installs it)")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                 reason="the vllm extra is not installed (make test installs it)")]
 
 ROWS = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text().splitlines()]
 # At most 4 running and 4 waiting: small enough that the admission tests can fill it.

@@ -26,6 +26,8 @@ from common.pipeline import EdgeHalf
 from edge_agent.client import jpeg_upload
 from offline.server_process import ServerProcess
 
+pytestmark = pytest.mark.integration  # real servers or processes
+
 IMAGE = SAMPLES_DIR / "images" / "sample2.png"
 QUESTION = "how many objects are there?"
 REQUEST_TYPES = {"alignedvq.v1.GetServerInfoRequest": pb.GetServerInfoRequest,

@@ -36,6 +36,8 @@ GRID = spec.IMAGE_SIZE // PATCH
 # A patch is labelled with the object covering most of it when that object covers at least this
 # many of its 256 pixels; otherwise it is background.
 MIN_OBJECT_PIXELS = 24
+# The last images of each pool are held out to measure accuracy during training.
+HELD_OUT = 256
 
 
 @dataclass
@@ -82,7 +84,8 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels.float() / 255.0 - mean) / std
 
 
-def pretrain_vision(model, pool: ImagePool, minutes: float, batch: int, seed: int) -> float:
+def pretrain_vision(model, pool: ImagePool, minutes: float, batch: int, seed: int,
+                    held_out_n: int = HELD_OUT) -> float:
     """Stage 1; returns the per-patch accuracy (colour and shape both right) on held-out images."""
     vision = model.model.vision_tower
     hidden = vision.config.hidden_size
@@ -91,8 +94,8 @@ def pretrain_vision(model, pool: ImagePool, minutes: float, batch: int, seed: in
     params = list(vision.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
-    held_out = torch.arange(len(pool.scenes) - 256, len(pool.scenes))
-    train_n = len(pool.scenes) - 256
+    held_out = torch.arange(len(pool.scenes) - held_out_n, len(pool.scenes))
+    train_n = len(pool.scenes) - held_out_n
 
     def logits(idx):
         h = vision(normalize(pool.pixels[idx]), output_hidden_states=True).hidden_states[
@@ -221,7 +224,7 @@ RECIPE = (
 def train(out: Path, seed: int = 0, images: int = 20000, vision_minutes: float = 4.0,
           phases: tuple[Phase, ...] = RECIPE, max_minutes: float = 90.0, batch: int = 32,
           questions_per_image: int = 8, target_accuracy: float = 0.995,
-          eval_every: int = 200) -> dict:
+          eval_every: int = 200, held_out: int = HELD_OUT) -> dict:
     """Stage 1, then each phase of stage 2; saves the checkpoint at every evaluation, so an
     interrupted run leaves a usable model behind. ``max_minutes`` bounds the whole run."""
     torch.manual_seed(seed)
@@ -235,7 +238,8 @@ def train(out: Path, seed: int = 0, images: int = 20000, vision_minutes: float =
                  "questions_per_image": questions_per_image,
                  "phases": [p.__dict__ for p in phases]}
     t0 = time.monotonic()
-    log["vision_patch_accuracy"] = pretrain_vision(model, pool, vision_minutes, 64, seed)
+    log["vision_patch_accuracy"] = pretrain_vision(model, pool, vision_minutes, 64, seed,
+                                                   held_out)
     log["vision_minutes"] = (time.monotonic() - t0) / 60
     tqdm.write(f"stage 1 done: per-patch colour+shape accuracy {log['vision_patch_accuracy']:.3f}")
     builder = SequenceBuilder(processor, num_image_tokens=GRID * GRID)
@@ -246,7 +250,8 @@ def train(out: Path, seed: int = 0, images: int = 20000, vision_minutes: float =
         torch.manual_seed(seed + phase.pool_offset)
         reached = _instruction_tune(model, processor, builder, pool, phase, seed, batch,
                                     questions_per_image, eval_every, history, out,
-                                    deadline=t0 + max_minutes * 60, started=t0)
+                                    deadline=t0 + max_minutes * 60, started=t0,
+                                    held_out_n=held_out)
         if reached >= target_accuracy or time.monotonic() > t0 + max_minutes * 60:
             break
     log.update(history=history, total_minutes=(time.monotonic() - t0) / 60)
@@ -256,11 +261,12 @@ def train(out: Path, seed: int = 0, images: int = 20000, vision_minutes: float =
 
 
 def _instruction_tune(model, processor, builder, pool, phase: Phase, seed, batch,
-                      questions_per_image, eval_every, history, out, deadline, started) -> float:
+                      questions_per_image, eval_every, history, out, deadline, started,
+                      held_out_n: int = HELD_OUT) -> float:
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(phase.train_vision)
     rng = random.Random(seed + phase.pool_offset + 1)
-    held_out = list(range(len(pool.scenes) - 256, len(pool.scenes)))
+    held_out = list(range(len(pool.scenes) - held_out_n, len(pool.scenes)))
     held_q = [sample_questions(pool.scenes[i], 1, rng)[0] for i in held_out]
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=0.01)
@@ -271,7 +277,7 @@ def _instruction_tune(model, processor, builder, pool, phase: Phase, seed, batch
     acc = 0.0
     bar = tqdm(total=phase.stop_step, desc=f"stage 2 ({phase.name})", unit="step")
     for step in range(1, phase.stop_step + 1):
-        idx = [rng.randrange(len(pool.scenes) - 256) for _ in range(batch)]
+        idx = [rng.randrange(len(pool.scenes) - held_out_n) for _ in range(batch)]
         convs = [builder.conversation(sample_questions(pool.scenes[i], questions_per_image, rng))
                  for i in idx]
         input_ids, labels, mask = collate(convs, processor.tokenizer.pad_token_id)
