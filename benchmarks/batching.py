@@ -16,8 +16,8 @@ import json
 
 from benchmarks.drive import drive, sample_requests
 from benchmarks.machine import describe
-from cloud_server.launch import ServerProcess
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
+from offline.server_process import ServerProcess
 
 CLIENTS = (1, 4, 16, 32)
 SETTINGS = {"off": ["--max-batch-size", "1"], "on": [],

@@ -87,7 +87,7 @@ def run(shrink: bool = False, device: str = "cuda", dtype: str = "float16", repe
 
     from common.codec import AlignedVQ, CodecConfig
     from common.packing import pack, unpack
-    from common.split import EdgeVision, SplitPoint, cloud_image_features, merge_image_tokens
+    from common.split import CloudVision, EdgeVision, SplitPoint, merge_image_tokens
 
     dev = torch.device(device)
     torch_dtype = getattr(torch, dtype)
@@ -107,8 +107,7 @@ def run(shrink: bool = False, device: str = "cuda", dtype: str = "float16", repe
     _sync(dev)
     build_s = time.perf_counter() - started
     # The cloud half as common.split runs it: no vision blocks after the cut at the feature layer.
-    model.cloud_vision_layers = torch.nn.ModuleList()
-    model.split = split
+    cloud_vision = CloudVision(split, torch.nn.ModuleList(), model.model.multi_modal_projector)
 
     pixels = torch.randn(1, 3, vc.image_size, vc.image_size, device=dev, dtype=torch_dtype)
     image_tokens = tokens  # the default strategy: CLS dropped, every crossing token is an image token
@@ -118,11 +117,6 @@ def run(shrink: bool = False, device: str = "cuda", dtype: str = "float16", repe
     mask = torch.ones_like(ids)
 
     state = {}
-    # transformers renamed ``past_key_values`` to ``cache`` during 5.x; accept either.
-    import inspect
-
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else \
-        "past_key_values"
 
     def edge_half():
         feats = edge(pixels)
@@ -134,8 +128,7 @@ def run(shrink: bool = False, device: str = "cuda", dtype: str = "float16", repe
         state["feats"] = codec.decode(torch.from_numpy(idx).to(dev)[None, :, None])
 
     def project():
-        state["embeds"] = merge_image_tokens(model, ids, cloud_image_features(model,
-                                                                              state["feats"]))
+        state["embeds"] = merge_image_tokens(model, ids, cloud_vision(state["feats"]))
 
     def prefill_split():
         out = model(inputs_embeds=state["embeds"], attention_mask=mask, use_cache=True)
@@ -153,7 +146,7 @@ def run(shrink: bool = False, device: str = "cuda", dtype: str = "float16", repe
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], 1)
             t0 = time.perf_counter()
             out = model(input_ids=nxt, attention_mask=attn, use_cache=True,
-                        **{cache_kw: cache})
+                        cache=cache)
             nxt = out.logits[:, -1:].argmax(-1)
             cache = _cache(out)
             _sync(dev)

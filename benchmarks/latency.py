@@ -18,9 +18,9 @@ import tempfile
 import threading
 
 from benchmarks.netlink import open_link
-from cloud_server.launch import ServerProcess
 from common.answers import is_correct
 from common.paths import REPO_ROOT
+from offline.server_process import ServerProcess
 
 FULL_RATES_MBIT = (1, 10, 100)
 ONE_WAY_DELAY_MS = 10.0

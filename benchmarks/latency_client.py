@@ -14,10 +14,11 @@ import argparse
 import json
 import sys
 
+from common.features import ALIGNEDVQ, FP16, IMAGE_MODE
 from common.llava_io import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 
-MODES = ("alignedvq", "image", "fp16")
+MODES = (ALIGNEDVQ, IMAGE_MODE, FP16)
 
 
 def main(argv: list[str] | None = None) -> int:

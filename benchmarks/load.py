@@ -14,7 +14,7 @@ import json
 
 from benchmarks.drive import drive, sample_requests
 from benchmarks.machine import describe
-from cloud_server.launch import ServerProcess
+from offline.server_process import ServerProcess
 
 CONFIGS = {"default limits": [], "small queue": ["--max-batch-size", "4", "--max-queued", "8"]}
 

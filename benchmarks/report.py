@@ -115,28 +115,6 @@ def _b(v) -> str:
     return "-" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
 
 
-def headline(report: dict) -> str:
-    """The README's table: per rate, accuracy and bytes (tiny model) and the 7B payload."""
-    ra, by = report.get("rate_accuracy"), report.get("bytes")
-    if not ra:
-        return ""
-    big = {r["encoding"]: r for r in by["llava7b"]["rows"]} if by else {}
-    lines = ["| mode | accuracy | bytes per image (tiny, 64 tokens) | bytes per image "
-             "(LLaVA-1.5-7B geometry, 576 tokens) |", "|---|---|---|---|"]
-    for p in ra["points"]:
-        if p["mode"] == "alignedvq":
-            key = f"alignedvq {p['bits']} bits" + (f" x {p['stages']}" if p["stages"] > 1 else "")
-        else:
-            key = {"fp16": "fp16 features", "int8": "int8 features",
-                   "jpeg": "JPEG q90 (cloud-only)"}.get(p["mode"])
-        seven = big.get(key, {}).get("bytes_mean") if key else None
-        if p.get("shipped"):
-            seven = None
-        lines.append(f"| {p['label']} | {p['accuracy']:.4f} | {_b(p['bytes_per_image'])} | "
-                     f"{_b(seven)} |")
-    return "\n".join(lines)
-
-
 def _machine_block(report: dict, commands: list[str]) -> list[str]:
     lines = [f"*Machine:* {machine_info.line(report['machine'])}.  ",
              f"*Command:* `{report['command']}`"]

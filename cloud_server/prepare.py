@@ -15,6 +15,7 @@ from cloud_server.loader import CloudModel
 from common.errors import InvalidRequest
 from common.features import PayloadError
 from common.llava_io import ImageTooLarge, open_image
+from common.split import features_at_cut
 
 
 class Preparer:
@@ -51,5 +52,4 @@ class Preparer:
         except (OSError, Image.DecompressionBombError, ValueError) as e:
             raise InvalidRequest(f"the image could not be decoded ({e}); send JPEG or PNG "
                                  "bytes") from None
-        pixels = self.model.image_processor(images=[image], return_tensors="pt").pixel_values
-        return self.model.vision(pixels.to(self.model.cloud.model.device))[0]
+        return features_at_cut(self.model.vision, self.model.image_processor, [image])[0]

@@ -21,20 +21,15 @@ import logging
 import os
 import stat
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import grpc
 
-from common.errors import Unauthenticated, status_for
+from common.errors import Unauthenticated
 
 log = logging.getLogger("cloud_server")
-
-# Method-name prefixes that never need a token (see the module docstring for why).
-EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",
-                   "/grpc.reflection.v1alpha.ServerReflection/",
-                   "/grpc.reflection.v1.ServerReflection/")
-
 
 class SecurityConfigError(ValueError):
     """A security setting that cannot work; the message names the flag(s) to fix."""
@@ -117,27 +112,10 @@ class TokenFile:
         return self.tokens
 
 
-def _refusal(handler: grpc.RpcMethodHandler, error: Unauthenticated) -> grpc.RpcMethodHandler:
-    """A handler of the same kind (unary/stream in and out) as ``handler`` that only aborts.
-
-    grpc.aio picks the calling convention from the handler's kind, so a stream-stream method
-    must be refused by a stream-stream handler; the request is never read."""
-    code, details = status_for(error), str(error)
-
-    async def abort(request_or_iterator, context):
-        await context.abort(code, details)
-
-    kinds = {(False, False): grpc.unary_unary_rpc_method_handler,
-             (False, True): grpc.unary_stream_rpc_method_handler,
-             (True, False): grpc.stream_unary_rpc_method_handler,
-             (True, True): grpc.stream_stream_rpc_method_handler}
-    make = kinds[(handler.request_streaming, handler.response_streaming)]
-    return make(abort, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-
-
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses, with UNAUTHENTICATED, calls without ``authorization: Bearer <known token>``."""
+class BearerTokens:
+    """Refuses (raises Unauthenticated) calls without ``authorization: Bearer <known token>``.
+    The RPC layer (cloud_server/calls.py) calls :meth:`check` for every InferenceService call,
+    so a refusal is logged and counted like any other."""
 
     def __init__(self, tokens: TokenFile):
         self.tokens = tokens
@@ -165,27 +143,13 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             raise Unauthenticated("the bearer token is not one this server accepts; expected a "
                                   "token listed in the server's --auth-token-file")
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(EXEMPT_PREFIXES):
-            return handler  # unknown methods get UNIMPLEMENTED as usual
-        try:
-            self.check(handler_call_details.invocation_metadata)
-        except Unauthenticated as e:
-            # Same fields as the servicer's per-call log line (cloud_server/service.py).
-            log.info("%s %s %s", method, status_for(e).name, e,
-                     extra={"method": method.rsplit("/", 1)[-1], "code": status_for(e).name})
-            return _refusal(handler, e)
-        return handler
-
 
 @dataclass
 class ServerSecurity:
     """What ``cloud-server`` binds with and intercepts calls with, built from its config."""
 
     credentials: grpc.ServerCredentials | None = None
-    interceptors: list = field(default_factory=list)
+    authenticate: Callable | None = None  # BearerTokens.check, or None without auth
     description: str = "insecure (no TLS), no authentication"
 
     @classmethod
@@ -215,7 +179,7 @@ class ServerSecurity:
             parts.append("insecure (no TLS)")
         if config.auth_token_file:
             tokens = TokenFile(config.auth_token_file)
-            security.interceptors.append(BearerTokenInterceptor(tokens))
+            security.authenticate = BearerTokens(tokens).check
             parts.append(f"bearer tokens required ({len(tokens.tokens)} accepted; health and "
                          f"reflection exempt)")
         else:

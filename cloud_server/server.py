@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from alignedvq.v1 import inference_pb2, inference_pb2_grpc
 from cloud_server.config import ServerConfig
 from cloud_server import loader
+from cloud_server.calls import RpcLayer
 from cloud_server.engines import EngineUnavailable, engine_factory
 from cloud_server.logs import configure as configure_logging
 from cloud_server.metrics import Metrics
@@ -38,8 +39,9 @@ async def serve(config: ServerConfig) -> int:
     except (SecurityConfigError, EngineUnavailable) as e:
         print(f"cloud-server: {e}", file=sys.stderr, flush=True)
         return 2
-    server = grpc.aio.server(options=options, interceptors=security.interceptors)
     metrics = Metrics()
+    rpc_layer = RpcLayer(metrics, owned=SERVICE_NAME, authenticate=security.authenticate)
+    server = grpc.aio.server(options=options, interceptors=[rpc_layer])
     service = InferenceService(metrics)
     inference_pb2_grpc.add_InferenceServiceServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()

@@ -2,16 +2,15 @@
 
 Each call: read and validate the request (cheap, on the event loop), hand the engine a
 :class:`~cloud_server.engines.base.GenerationRequest` (RESOURCE_EXHAUSTED at once when its
-queue is full), convert its text deltas to responses, end with a summary. Every refusal is a
-domain error whose status comes from ``common.errors.STATUS_FOR``; every call is logged once,
-with its request id, and counted.
+queue is full), convert its text deltas to responses, end with a summary. Refusals are raised
+as domain errors; the RPC layer (:mod:`cloud_server.calls`) turns them into status codes, and
+logs and counts every call once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ import grpc
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
+from cloud_server.calls import Call, current_call
 from cloud_server.config import ServerConfig
 from cloud_server.engines.base import Finished, GenerationEngine, GenerationRequest
 from cloud_server.info import server_info
@@ -26,56 +26,7 @@ from cloud_server.loader import CloudModel
 from cloud_server.metrics import Metrics
 from cloud_server.prepare import Preparer
 from cloud_server.validation import CodesReader, RequestValidator, Validated
-from common.errors import DeadlineExceeded, NotReady, ServiceError, status_for
-from common.request_ids import METADATA_KEY, is_valid, new_request_id
-
-log = logging.getLogger("cloud_server")
-
-
-def request_id(context: grpc.aio.ServicerContext) -> str:
-    """The client's id when it sent a valid one, else a fresh one."""
-    for key, value in context.invocation_metadata() or ():
-        if key == METADATA_KEY and is_valid(value):
-            return value
-    return new_request_id()
-
-
-class Call:
-    """What one RPC logs and counts when it ends, however it ends."""
-
-    def __init__(self, service: "InferenceService", method: str,
-                 context: grpc.aio.ServicerContext):
-        self.service, self.method, self.context = service, method, context
-        self.request_id = request_id(context)
-        self.mode = "-"
-        self.received = 0
-        self.started = time.perf_counter()
-        self.first_token: float | None = None
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def done(self, code: grpc.StatusCode, detail: str = "", **fields) -> None:
-        m = self.service.metrics
-        m.requests.labels(self.method, self.mode, code.name).inc()
-        if code == grpc.StatusCode.OK:
-            m.latency.labels(self.mode).observe(self.elapsed())
-        log.info("%s %s %s %s", self.method, code.name, self.mode, detail,
-                 extra={"request_id": self.request_id, "method": self.method, "mode": self.mode,
-                        "code": code.name, "payload_bytes": self.received,
-                        "ms": round(self.elapsed() * 1000, 2), **fields})
-
-    async def refuse(self, error: ServiceError):
-        code = status_for(error)
-        self.done(code, str(error))
-        await self.context.abort(code, str(error))
-
-    async def fail(self, error: Exception):
-        log.exception("internal error", extra={"request_id": self.request_id})
-        self.done(grpc.StatusCode.INTERNAL, str(error))
-        await self.context.abort(grpc.StatusCode.INTERNAL,
-                                 f"internal error (request id {self.request_id}); see the "
-                                 f"server log")
+from common.errors import DeadlineExceeded, NotReady
 
 
 @dataclass
@@ -109,56 +60,33 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         return self.backend
 
     async def GetServerInfo(self, request, context):
-        try:
-            backend = self._ready()
-        except ServiceError as e:
-            await _refuse_plain(context, e)
+        # Every edge-agent run asks this before its answer: one log line per answer is enough.
+        current_call().log_ok = False
+        backend = self._ready()
         return server_info(backend.model, backend.config)
 
     async def AnswerFromCodes(self, request_iterator, context):
-        call = Call(self, "AnswerFromCodes", context)
-        await context.send_initial_metadata(((METADATA_KEY, call.request_id),))
-        try:
-            backend = self._ready()
-            with backend.engine.arriving():
-                reader = CodesReader(backend.validator)
-                async for message in request_iterator:
-                    call.received += message.ByteSize()
-                    reader.feed(message)
-                    call.mode = reader.mode
-                request, chunks = reader.finish()
-                stream = self._start(backend, call, request,
-                                     backend.preparer.from_codes(request.mode, chunks))
-            async for response in self._respond(backend, call, stream,
-                                                pb.AnswerFromCodesResponse):
-                yield response
-        except ServiceError as e:
-            await call.refuse(e)
-        except Exception as e:  # a bug: say so, keep serving
-            await call.fail(e)
-        except asyncio.CancelledError:
-            call.done(grpc.StatusCode.CANCELLED, "client went away or its deadline passed")
-            raise
+        call = current_call()
+        backend = self._ready()
+        with backend.engine.arriving():
+            reader = CodesReader(backend.validator)
+            async for message in request_iterator:
+                reader.feed(message)
+                call.mode = reader.mode
+            request, chunks = reader.finish()
+            stream = self._start(backend, call, request,
+                                 backend.preparer.from_codes(request.mode, chunks))
+        async for response in self._respond(backend, call, stream, pb.AnswerFromCodesResponse):
+            yield response
 
     async def AnswerFromImage(self, request, context):
-        call = Call(self, "AnswerFromImage", context)
-        call.mode, call.received = "image", request.ByteSize()
-        await context.send_initial_metadata(((METADATA_KEY, call.request_id),))
-        try:
-            backend = self._ready()
-            validated = backend.validator.image_request(request)
-            stream = self._start(backend, call, validated,
-                                 backend.preparer.from_image(request.image))
-            async for response in self._respond(backend, call, stream,
-                                                pb.AnswerFromImageResponse):
-                yield response
-        except ServiceError as e:
-            await call.refuse(e)
-        except Exception as e:
-            await call.fail(e)
-        except asyncio.CancelledError:
-            call.done(grpc.StatusCode.CANCELLED, "client went away or its deadline passed")
-            raise
+        call = current_call()
+        call.mode = "image"
+        backend = self._ready()
+        validated = backend.validator.image_request(request)
+        stream = self._start(backend, call, validated, backend.preparer.from_image(request.image))
+        async for response in self._respond(backend, call, stream, pb.AnswerFromImageResponse):
+            yield response
 
     def _start(self, backend: Backend, call: Call, request: Validated, prepare):
         """Counts the payload and hands the request to the engine; raises Overloaded when its
@@ -203,8 +131,3 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
             codec_fingerprint=backend.model.cloud.codec_fingerprint, answer=result.text,
             batch_size=result.batch_size, request_id=call.request_id)
 
-
-async def _refuse_plain(context, error: ServiceError):
-    code = status_for(error)
-    log.info("refused: %s %s", code.name, error)
-    await context.abort(code, str(error))

@@ -12,10 +12,8 @@ from alignedvq.v1 import inference_pb2 as pb
 from cloud_server.config import ServerConfig
 from cloud_server.loader import CloudModel
 from common.errors import Incompatible, InvalidRequest
-from common.features import fingerprint_bytes
-
-ENCODING_MODES = {pb.FEATURE_ENCODING_ALIGNEDVQ: "alignedvq", pb.FEATURE_ENCODING_FP16: "fp16",
-                  pb.FEATURE_ENCODING_INT8: "int8"}
+from common.features import (ALIGNEDVQ, FEATURE_MODES, IMAGE_MODE, fingerprint_bytes,
+                             mode_of_wire)
 
 
 @dataclass(frozen=True)
@@ -32,7 +30,7 @@ class RequestValidator:
 
     def image_request(self, request: pb.AnswerFromImageRequest) -> Validated:
         # The image itself is checked when it is decoded (prepare), off the event loop.
-        return Validated("image", self._question(request.question),
+        return Validated(IMAGE_MODE, self._question(request.question),
                          self._max_new_tokens(request.generation))
 
     def codes_header(self, header: pb.CodesHeader) -> Validated:
@@ -43,15 +41,15 @@ class RequestValidator:
                                f"{header.vision_fingerprint.hex() or '(none)'}, this server runs "
                                f"{c.vision_fingerprint[:16]} (model {model_id}, split layer "
                                f"{c.split.split_layer})")
-        mode = ENCODING_MODES.get(header.encoding)
+        mode = mode_of_wire(header.encoding)
         if mode is None:
             raise InvalidRequest(f"unknown feature encoding {header.encoding}; expected one of "
-                                 f"{sorted(ENCODING_MODES)}")
+                                 f"{', '.join(FEATURE_MODES)} (FeatureEncoding 1-3)")
         if header.tokens != c.tokens:
             raise InvalidRequest(f"header says {header.tokens} tokens; this model's split sends "
                                  f"{c.tokens}")
         stages = 1
-        if mode == "alignedvq":
+        if mode == ALIGNEDVQ:
             if c.codec is None:
                 raise Incompatible("this server runs without a codec; send fp16/int8 features "
                                    "or an image")

@@ -1,8 +1,12 @@
-"""How the features at the cut become request messages, and back.
+"""The feature modes, owned here: their names, wire enum, how features at the cut are encoded
+into request messages and decoded back, and their payload size. Edge, cloud, eval and the
+benchmarks take the vocabulary from this module.
 
 Three encodings share one message layout (a ``CodesHeader`` then ``CodesChunk``\\ s):
-AlignedVQ indices, and the raw fp16 and per-token int8 baselines. Sizes are never computed from
-a formula: :func:`wire_bytes` serialises the messages and counts.
+AlignedVQ indices, and the raw fp16 and per-token int8 baselines. The fourth way to ask,
+``image`` (:data:`IMAGE_MODE`), uploads the picture itself: the cloud-only baseline. Sizes of
+requests are never computed from a formula: :func:`wire_bytes` serialises the messages and
+counts.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ class FeatureEncoding:
     def encode(self, features: torch.Tensor) -> list[bytes]:
         """One image's features (T, D) -> chunk payloads."""
         raise NotImplementedError
+
+    def encode_batch(self, features: torch.Tensor) -> list[list[bytes]]:
+        """Features (B, T, D) -> each image's chunk payloads."""
+        return [self.encode(f) for f in features]
+
+    def payload_size(self) -> int:
+        """Bytes of the chunk payloads of one image (messages' framing excluded)."""
+        return sum(self.chunk_size(s) for s in range(self.stages))
 
     def decode(self, chunks: list[bytes]) -> torch.Tensor:
         """Chunk payloads -> features (T, D) float32; raises PayloadError on anything malformed."""
@@ -121,6 +133,31 @@ class Int8Encoding(FeatureEncoding):
             raise PayloadError("int8 scales hold NaN or infinity")
         q = rows[:, 2:].copy().view(np.int8).astype(np.float32)
         return torch.from_numpy(q * scale)
+
+
+ALIGNEDVQ, FP16, INT8 = "alignedvq", "fp16", "int8"
+FEATURE_MODES = (ALIGNEDVQ, FP16, INT8)   # features at the cut cross the wire
+IMAGE_MODE = "image"                      # the image crosses (AnswerFromImage)
+EDGE_MODES = (ALIGNEDVQ, IMAGE_MODE, FP16, INT8)  # edge-agent --mode, default first
+
+_ENCODINGS: dict[str, type[FeatureEncoding]] = {
+    ALIGNEDVQ: AlignedVQEncoding, FP16: Fp16Encoding, INT8: Int8Encoding}
+_MODE_OF_WIRE = {cls.encoding: mode for mode, cls in _ENCODINGS.items()}
+
+
+def mode_of_wire(encoding: int) -> str | None:
+    """``CodesHeader.encoding`` -> feature mode name; None for a value this version lacks."""
+    return _MODE_OF_WIRE.get(encoding)
+
+
+def make_encoding(mode: str, codec: AlignedVQ | None, tokens: int, dim: int) -> FeatureEncoding:
+    if mode == ALIGNEDVQ:
+        if codec is None:
+            raise ValueError("--mode alignedvq needs a codec (--codec DIR)")
+        return AlignedVQEncoding(codec)
+    if mode in _ENCODINGS:
+        return _ENCODINGS[mode](tokens, dim)
+    raise ValueError(f"unknown feature mode {mode!r}; expected one of {FEATURE_MODES}")
 
 
 def request_messages(enc: FeatureEncoding, chunks: list[bytes], vision_fingerprint: str,

@@ -11,26 +11,11 @@ from pathlib import Path
 import torch
 
 from common.codec import AlignedVQ
-from common.features import (AlignedVQEncoding, FeatureEncoding, Fp16Encoding, Int8Encoding,
-                             PayloadError, request_messages)
+from common.features import (ALIGNEDVQ, FEATURE_MODES, FeatureEncoding, PayloadError,
+                             make_encoding, request_messages)
 from common.llava_io import build_prompt, load_llava
-from common.split import (EdgeVision, SplitPoint, cloud_image_features, merge_image_tokens,
-                          prune_for_cloud, vision_fingerprint)
-
-FEATURE_MODES = ("alignedvq", "fp16", "int8")
-
-
-def make_encoding(mode: str, codec: AlignedVQ | None, tokens: int, dim: int) -> FeatureEncoding:
-    if mode == "alignedvq":
-        if codec is None:
-            raise ValueError("--mode alignedvq needs a codec (--codec DIR)")
-        return AlignedVQEncoding(codec)
-    if mode == "fp16":
-        return Fp16Encoding(tokens, dim)
-    if mode == "int8":
-        return Int8Encoding(tokens, dim)
-    raise ValueError(f"unknown feature mode {mode!r}; expected one of {FEATURE_MODES}")
-
+from common.split import (CloudVision, EdgeVision, SplitPoint, features_at_cut,
+                          merge_image_tokens, vision_fingerprint)
 
 class EdgeHalf:
     """Holds the vision blocks before the cut and the encoder; no language-model weights."""
@@ -46,7 +31,7 @@ class EdgeHalf:
         self.image_processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
         self.tokens = self.split.tokens(self.vision.config.vision_config)
         self.codec = None
-        if mode == "alignedvq":
+        if mode == ALIGNEDVQ:
             # On the vision tower's device: the features it encodes come from there.
             self.codec = AlignedVQ.load(codec_dir, expect_fingerprint=self.vision.fingerprint,
                                         expect_split_layer=self.split.split_layer).to(device)
@@ -55,17 +40,14 @@ class EdgeHalf:
         self.codec_fingerprint = self.codec.fingerprint() if self.codec else ""
 
     def features(self, images) -> torch.Tensor:
-        pixels = self.image_processor(images=images, return_tensors="pt").pixel_values
-        return self.vision(pixels.to(self.vision.pre_layrnorm.weight.device))
+        return features_at_cut(self.vision, self.image_processor, images)
 
     def chunks(self, images) -> list[list[bytes]]:
         return self.encode(self.features(images))
 
     def encode(self, feats: torch.Tensor) -> list[list[bytes]]:
         """Features (B, T, D) -> each image's chunk payloads."""
-        if isinstance(self.encoding, AlignedVQEncoding):
-            return self.encoding.encode_batch(feats)
-        return [self.encoding.encode(f) for f in feats]
+        return self.encoding.encode_batch(feats)
 
     def messages(self, chunks: list[bytes], question: str = "", max_new_tokens: int = 0):
         return request_messages(self.encoding, chunks, self.vision.fingerprint,
@@ -83,14 +65,13 @@ class CloudHalf:
         self.vision_fingerprint = vision_fingerprint(Path(model_dir), self.split)
         self.tokens = self.split.tokens(self.model.config.vision_config)
         self.dim = self.model.config.vision_config.hidden_size
-        prune_for_cloud(self.model, self.split)
+        self.vision = CloudVision.take_from(self.model, self.split)
         self.codec = None
         if codec_dir is not None:
             self.codec = AlignedVQ.load(codec_dir, expect_fingerprint=self.vision_fingerprint,
                                         expect_split_layer=self.split.split_layer)
         self.codec_fingerprint = self.codec.fingerprint() if self.codec else ""
-        self.image_tokens = self.tokens - (1 if self.split.sends_cls and
-                                           self.split.strategy == "default" else 0)
+        self.image_tokens = self.split.image_tokens(self.model.config.vision_config)
 
     def encoding(self, mode: str) -> FeatureEncoding:
         return make_encoding(mode, self.codec, self.tokens, self.dim)
@@ -108,7 +89,7 @@ class CloudHalf:
     def image_embeddings(self, features: torch.Tensor) -> torch.Tensor:
         """Features at the cut (B, T, D) -> LLaVA image embeddings (B, image_tokens, lm_hidden):
         the remaining vision blocks and the projector, what ``get_image_features`` returns."""
-        return cloud_image_features(self.model, features.to(self.model.device))
+        return self.vision(features.to(self.model.device))
 
     @torch.inference_mode()
     def answer(self, features: torch.Tensor, questions: list[str], max_new_tokens: int = 8,

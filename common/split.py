@@ -50,15 +50,33 @@ class SplitPoint:
                              f"the feature layer {f} (of {n} blocks), got {split_layer}")
         return cls(n, f, k, config.vision_feature_select_strategy)
 
+    # The CLS rule, in one place. LLaVA's projector sees CLS only with the "full" strategy;
+    # with "default" it is dropped at the feature layer. Dropped before the cut when the cut IS
+    # the feature layer (it need not cross), else after the remaining blocks, which attend to it.
+    @property
+    def projector_sees_cls(self) -> bool:
+        return self.strategy != "default"
+
     @property
     def sends_cls(self) -> bool:
-        """At the feature layer with the ``default`` strategy LLaVA drops CLS, so it need not
-        cross; any earlier cut must send it, the remaining blocks attend to it."""
-        return not (self.split_layer == self.feature_layer and self.strategy == "default")
+        return self.projector_sees_cls or self.split_layer < self.feature_layer
+
+    @property
+    def cloud_drops_cls(self) -> bool:
+        return self.sends_cls and not self.projector_sees_cls
 
     def tokens(self, vision_config) -> int:
+        """Tokens that cross the wire."""
+        return self._patches(vision_config) + (1 if self.sends_cls else 0)
+
+    def image_tokens(self, vision_config) -> int:
+        """Image tokens in the language model's prompt (the projector's output rows)."""
+        return self._patches(vision_config) + (1 if self.projector_sees_cls else 0)
+
+    @staticmethod
+    def _patches(vision_config) -> int:
         grid = vision_config.image_size // vision_config.patch_size
-        return grid * grid + (1 if self.sends_cls else 0)
+        return grid * grid
 
 
 # ---------------------------------------------------------------- reading only vision tensors
@@ -134,11 +152,13 @@ def vision_fingerprint(model_dir: Path, split: SplitPoint) -> str:
 class EdgeVision(nn.Module):
     """CLIP embeddings and blocks ``[0, K)``: pixels in, the hidden state at the cut out."""
 
-    def __init__(self, vision_config, split: SplitPoint):
+    def __init__(self, vision_config, split: SplitPoint, fingerprint: str = "", config=None):
+        """``fingerprint`` identifies the weights loaded (see :func:`vision_fingerprint`);
+        ``config`` is the whole LLaVA config they came from (None for a bare tower)."""
         super().__init__()
         from transformers.models.clip.modeling_clip import CLIPEncoderLayer, CLIPVisionEmbeddings
 
-        self.split = split
+        self.split, self.fingerprint, self.config = split, fingerprint, config
         self.embeddings = CLIPVisionEmbeddings(vision_config)
         self.pre_layrnorm = nn.LayerNorm(vision_config.hidden_size,
                                          eps=vision_config.layer_norm_eps)
@@ -153,16 +173,14 @@ class EdgeVision(nn.Module):
         config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
         split = SplitPoint.from_config(config, split_layer)
         config.vision_config._attn_implementation = "sdpa"
-        edge = cls(config.vision_config, split)
         tensors, fingerprint = read_vision_tensors(Path(model_dir), 0, split.split_layer, True)
+        edge = cls(config.vision_config, split, fingerprint, config)
         state = {k.replace("encoder.layers.", "layers."): v for k, v in tensors.items()}
         missing, unexpected = edge.load_state_dict(state, strict=False)
         missing = [m for m in missing if not m.endswith("position_ids")]
         if missing or unexpected:
             raise SplitError(f"vision weights in {model_dir} do not match the config: missing "
                              f"{missing[:5]}, unexpected {unexpected[:5]}")
-        edge.fingerprint = fingerprint
-        edge.config = config
         return edge.to(device=device, dtype=dtype).eval()
 
     @torch.inference_mode()
@@ -173,32 +191,48 @@ class EdgeVision(nn.Module):
         return h if self.split.sends_cls else h[:, 1:]
 
 
-def prune_for_cloud(model, split: SplitPoint):
-    """Drop the vision parts the cloud never runs: everything up to the cut, and past the feature
-    layer. The blocks ``[K, F)`` stay. The pruned weights were read once at load time, then freed."""
-    tower = model.model.vision_tower
-    kept = nn.ModuleList(list(tower.encoder.layers)[split.split_layer:split.feature_layer])
-    model.model.vision_tower = None
-    model.cloud_vision_layers = kept
-    model.split = split
-    return model
+def features_at_cut(vision: EdgeVision, image_processor, images) -> torch.Tensor:
+    """Images -> the hidden state at the cut (B, T, D): the checkpoint's own resize, crop and
+    normalisation (its image processor), then the blocks before the cut, on their device. The
+    one way pixels become features, for the edge, the server's uploads and codec training."""
+    pixels = image_processor(images=images, return_tensors="pt").pixel_values
+    return vision(pixels.to(vision.pre_layrnorm.weight.device))
 
 
-def cloud_image_features(model, features: torch.Tensor) -> torch.Tensor:
-    """Hidden state at the cut -> projected image tokens, as LLaVA's ``get_image_features``."""
-    h = features.to(model.dtype)
-    for layer in model.cloud_vision_layers:
-        h = layer(h, None)
-    if model.split.sends_cls and model.split.strategy == "default":
-        h = h[:, 1:]
-    return model.model.multi_modal_projector(h)
+class CloudVision(nn.Module):
+    """The cloud's share of the vision side: blocks ``[K, F)`` (none when the cut is the feature
+    layer), the CLS rule, and LLaVA's projector. Features at the cut in, image embeddings (what
+    ``get_image_features`` returns) out."""
+
+    def __init__(self, split: SplitPoint, layers: nn.ModuleList, projector: nn.Module):
+        super().__init__()
+        self.split, self.layers, self.projector = split, layers, projector
+
+    @classmethod
+    def take_from(cls, model, split: SplitPoint) -> "CloudVision":
+        """From a loaded LLaVA. Its vision tower is released (``vision_tower = None``): the
+        blocks before the cut run on the edge and those past the feature layer never run, so
+        their weights are freed; the blocks ``[K, F)`` live on here."""
+        tower = model.model.vision_tower
+        layers = nn.ModuleList(list(tower.encoder.layers)[split.split_layer:split.feature_layer])
+        model.model.vision_tower = None
+        return cls(split, layers, model.model.multi_modal_projector)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        h = features.to(next(self.projector.parameters()).dtype)
+        for layer in self.layers:
+            h = layer(h, None)
+        if self.split.cloud_drops_cls:
+            h = h[:, 1:]
+        return self.projector(h)
 
 
 def merge_image_tokens(model, input_ids: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
-    """``inputs_embeds`` with the image tokens replaced by the projected features, in order."""
+    """``inputs_embeds`` with the image tokens replaced by the projected features, in order:
+    what ``LlavaModel.forward`` does with ``get_image_features``' output, through its own
+    ``get_placeholder_mask`` (transformers 5.24; it raises ValueError on a count mismatch)."""
     embeds = model.get_input_embeddings()(input_ids)
-    mask = input_ids == model.config.image_token_id
-    if int(mask.sum()) != image_features.shape[0] * image_features.shape[1]:
-        raise SplitError(f"the prompt has {int(mask.sum())} image tokens but the features hold "
-                         f"{image_features.shape[0] * image_features.shape[1]}")
-    return embeds.masked_scatter(mask.unsqueeze(-1), image_features.to(embeds.dtype))
+    image_features = image_features.to(embeds.device, embeds.dtype)
+    mask = model.model.get_placeholder_mask(input_ids, inputs_embeds=embeds,
+                                            image_features=image_features)
+    return embeds.masked_scatter(mask, image_features)

@@ -15,16 +15,17 @@ from pathlib import Path
 import grpc
 
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
+from common.features import EDGE_MODES, FEATURE_MODES, IMAGE_MODE
 from common.llava_io import default_device, open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
 from common.request_ids import METADATA_KEY, is_valid, new_request_id
 from edge_agent.client import (IncompatibleServer, ask_with_codes, ask_with_image, auth_metadata,
                                channel, check_compatible, read_token, server_info)
 
-METHODS = {"alignedvq": "/alignedvq.v1.InferenceService/AnswerFromCodes",
-           "fp16": "/alignedvq.v1.InferenceService/AnswerFromCodes",
-           "int8": "/alignedvq.v1.InferenceService/AnswerFromCodes",
-           "image": "/alignedvq.v1.InferenceService/AnswerFromImage"}
+# The RPC each mode calls (for --dump-payload): features go to AnswerFromCodes, images to
+# AnswerFromImage.
+METHODS = {**{mode: "/alignedvq.v1.InferenceService/AnswerFromCodes" for mode in FEATURE_MODES},
+           IMAGE_MODE: "/alignedvq.v1.InferenceService/AnswerFromImage"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "in --server)")
     p.add_argument("--auth-token-file", metavar="FILE",
                    help="send the file's first token as 'authorization: Bearer <token>'")
-    p.add_argument("--mode", choices=["alignedvq", "image", "fp16", "int8"],
-                   default="alignedvq",
+    p.add_argument("--mode", choices=EDGE_MODES, default=EDGE_MODES[0],
                    help="alignedvq: send codebook indices (default); image: upload a JPEG; "
                         "fp16/int8: send raw split features (baselines)")
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),

@@ -203,12 +203,12 @@ def _tls_name(target: str) -> str | None:
 
 def channel(target: str, max_message_bytes: int = 8 * 1024 * 1024, *,
             tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
-            tls_key: str | Path | None = None, tls_server_name: str | None = None,
-            tls: bool | None = None) -> grpc.Channel:
+            tls_key: str | Path | None = None,
+            tls_server_name: str | None = None) -> grpc.Channel:
     """A channel to ``target`` (anything :func:`grpc_target` takes) with round_robin load
     balancing, so consecutive calls spread over every address the target resolves to.
 
-    TLS is on when ``tls`` is true or any ``tls_*`` file is given: ``tls_ca`` verifies the
+    TLS is on when a ``tls_ca`` or ``tls_cert`` file is given: ``tls_ca`` verifies the
     server (system roots when absent); ``tls_cert``/``tls_key`` present a client certificate
     (mTLS). ``tls_server_name`` overrides the name the server certificate is checked against."""
     if bool(tls_cert) != bool(tls_key):
@@ -218,9 +218,7 @@ def channel(target: str, max_message_bytes: int = 8 * 1024 * 1024, *,
     options = [("grpc.max_send_message_length", max_message_bytes),
                ("grpc.max_receive_message_length", max_message_bytes),
                ("grpc.service_config", ROUND_ROBIN)]
-    if tls is None:
-        tls = bool(tls_ca or tls_cert)
-    if not tls:
+    if not (tls_ca or tls_cert):
         return grpc.insecure_channel(target, options=options)
     name = tls_server_name or _tls_name(target)
     if name:

@@ -88,7 +88,8 @@ def _bench(args) -> int:
 
 
 def _eval(args) -> int:
-    from offline.evaluate import DatasetError, evaluate
+    from common.datasets import DatasetError
+    from offline.evaluate import evaluate
 
     try:
         result = evaluate(Path(args.model), Path(args.dataset), limit=args.limit,

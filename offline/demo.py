@@ -12,12 +12,12 @@ import sys
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from cloud_server.launch import ServerProcess
 from common.answers import is_correct
 from common.llava_io import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from common.pipeline import EdgeHalf
 from edge_agent.client import ask_with_codes, ask_with_image, channel, check_compatible
+from offline.server_process import ServerProcess
 
 
 def main() -> int:

@@ -3,7 +3,6 @@ ShapesVQA format (``image``, ``question``, ``answer`` string or list, optional `
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -11,35 +10,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from common.answers import is_correct
+from common.datasets import read_questions
+from common.features import FEATURE_MODES
 from common.llava_io import answer_batch, load_llava, open_image
 
-MODES = ("original", "alignedvq", "fp16", "int8", "jpeg")
+# "jpeg" here is what edge-agent calls --mode image (the cloud-only baseline).
+MODES = ("original", *FEATURE_MODES, "jpeg")
 # The cloud-only baseline: what `edge-agent --mode image` uploads (its default quality).
 JPEG_QUALITY = 90
-
-
-class DatasetError(ValueError):
-    pass
-
-
-def read_questions(path: Path, limit: int | None = None) -> list[dict]:
-    rows = []
-    with Path(path).open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            missing = [k for k in ("image", "question", "answer") if k not in row]
-            if missing:
-                raise DatasetError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}; "
-                                   "each line needs image, question and answer")
-            rows.append(row)
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
 
 
 class SplitAnswerer:

@@ -13,12 +13,12 @@ from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from cloud_server.engines.base import Finished
 from cloud_server.engines.batching import BatchDecoder, Row
 from cloud_server.engines.scheduler import Job, Scheduler
-from cloud_server.launch import ServerProcess
 from common.errors import InvalidRequest, Overloaded
 from common.llava_io import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from common.pipeline import CloudHalf, EdgeHalf
 from edge_agent.client import jpeg_upload
+from offline.server_process import ServerProcess
 
 ROWS = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text().splitlines()]
 # Question lengths from 2 to ~25 words, so rows are padded differently.

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from alignedvq.v1 import inference_pb2 as pb
-from cloud_server.launch import ServerProcess
 from common.paths import REPO_ROOT, SAMPLES_DIR
 from conftest import cli
+from offline.server_process import ServerProcess
 from test_security import make_pki  # throwaway CA + server certificate for 127.0.0.1
 
 CLIENT_DIR = REPO_ROOT / "examples" / "node-client"

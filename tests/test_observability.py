@@ -11,9 +11,9 @@ import pytest
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from cloud_server.launch import ServerProcess
 from common.paths import SAMPLES_DIR
 from conftest import cli
+from offline.server_process import ServerProcess
 
 IMAGE = str(SAMPLES_DIR / "images" / "sample1.png")
 

@@ -11,10 +11,10 @@ import pytest
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from cloud_server.launch import ServerProcess
 from common.llava_io import open_image
 from common.paths import SAMPLES_DIR
 from edge_agent.client import channel, grpc_target, jpeg_upload
+from offline.server_process import ServerProcess
 
 IMAGE = SAMPLES_DIR / "images" / "sample2.png"
 # The servicer's per-call log line for a successful AnswerFromImage ("AnswerFromImage OK ...";

@@ -11,9 +11,11 @@ import contextlib
 import datetime
 import ipaddress
 import json
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -28,12 +30,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from cloud_server.config import ServerConfig
-from cloud_server.launch import ServerProcess
 from cloud_server.security import SecurityConfigError, ServerSecurity, parse_tokens
 from common.llava_io import open_image
 from common.paths import SAMPLES_DIR
 from conftest import cli
 from edge_agent.client import auth_metadata, channel, jpeg_upload
+from offline.server_process import ServerProcess
 
 IMAGE = SAMPLES_DIR / "images" / "sample2.png"
 QUESTION = "how many objects are there?"
@@ -132,7 +134,7 @@ def servers(pki, token_file):
     with contextlib.ExitStack() as stack:
         tls = stack.enter_context(ServerProcess(
             "--tls-cert", str(pki["server_cert"]), "--tls-key", str(pki["server_key"]),
-            "--auth-token-file", str(token_file)))
+            "--auth-token-file", str(token_file), "--metrics-port", "0"))
         mtls = stack.enter_context(ServerProcess(
             "--tls-cert", str(pki["server_cert"]), "--tls-key", str(pki["server_key"]),
             "--tls-client-ca", str(pki["ca"])))
@@ -223,6 +225,26 @@ def test_bad_token_is_unauthenticated(servers, pki, method, metadata, expected):
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error.details()
     assert expected in error.details()
     assert "not-the-token" not in error.details() and TOKEN not in error.details()
+
+
+def _requests_total(server, method: str, code: str) -> float:
+    url = next(re.search(r"metrics on (http://\S+)", line).group(1) for line in server.lines
+               if "metrics on" in line)
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    wanted = f'alignedvq_requests_total{{code="{code}",method="{method}",mode="-"}}'
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(wanted))
+
+
+def test_auth_refusals_are_counted_in_the_metrics(servers, pki):
+    server = servers["tls"]
+    stub = pb_grpc.InferenceServiceStub(channel(server.address, tls_ca=pki["ca"]))
+    before = {m: _requests_total(server, m, "UNAUTHENTICATED") for m in ("GetServerInfo",
+                                                                          "AnswerFromCodes")}
+    status_of(call, stub, "GetServerInfo", auth_metadata("not-the-token"))
+    status_of(call, stub, "AnswerFromCodes", None)
+    for method, count in before.items():
+        assert _requests_total(server, method, "UNAUTHENTICATED") == count + 1, method
 
 
 def test_health_and_reflection_need_no_token(servers, pki):

@@ -7,7 +7,7 @@ import torch
 from common.llava_io import build_prompt, load_llava, open_image
 from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
 from common.pipeline import CloudHalf, EdgeHalf
-from common.split import SplitError, SplitPoint, cloud_image_features, merge_image_tokens
+from common.split import SplitError, SplitPoint, merge_image_tokens
 
 IMAGES = ["sample0.png", "sample1.png", "sample3.jpg"]
 QUESTIONS = ["what shape is the purple object?", "where is the green object?",
@@ -31,7 +31,7 @@ def test_identity_codec_equals_the_monolithic_model(split_layer):
     features = edge.features(images)  # identity: what the edge computed is what the cloud gets
     with torch.no_grad():
         embeds = merge_image_tokens(cloud.model, inputs.input_ids,
-                                    cloud_image_features(cloud.model, features))
+                                    cloud.image_embeddings(features))
         logits = cloud.model(inputs_embeds=embeds, attention_mask=inputs.attention_mask).logits
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
 
@@ -62,7 +62,9 @@ def test_cloud_drops_the_vision_blocks_before_the_cut():
     cloud = CloudHalf(DEFAULT_MODEL_DIR, split_layer=2)
     assert cloud.model.model.vision_tower is None
     layers = cloud.model.config.vision_config.num_hidden_layers
-    assert len(cloud.model.cloud_vision_layers) == layers - 2
+    assert len(cloud.vision.layers) == layers - 2
+    # Held by the cloud half, not attached to the transformers model.
+    assert not hasattr(cloud.model, "cloud_vision_layers") and not hasattr(cloud.model, "split")
 
 
 def test_split_layer_bounds():

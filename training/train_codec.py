@@ -24,8 +24,8 @@ from tqdm import tqdm
 from common.codec import AlignedVQ, CodecConfig, nearest_codeword
 from common.llava_io import open_image
 from common.pipeline import CloudHalf
-from common.split import EdgeVision, cloud_image_features, merge_image_tokens
-from offline.evaluate import read_questions
+from common.split import EdgeVision, features_at_cut, merge_image_tokens
+from common.datasets import read_questions
 
 
 def nearest_in_chunks(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,7 @@ def answer_batch_ids(cloud: CloudHalf, questions: list[str], answers: list[str])
 
 
 def answer_logits(cloud: CloudHalf, feats, ids, mask, rows, cols):
-    image_features = cloud_image_features(cloud.model, feats)
+    image_features = cloud.vision(feats)  # with gradients (image_embeddings has none)
     embeds = merge_image_tokens(cloud.model, ids, image_features)
     logits = cloud.model(inputs_embeds=embeds, attention_mask=mask).logits
     return logits[rows, cols].float()
@@ -119,7 +119,7 @@ def train_codec(model_dir: Path, dataset: Path, out: Path, bits: int = 12, stage
     feats = []
     for i in tqdm(range(0, len(rows), 64), desc="features at the cut", unit="batch"):
         images = [open_image(root / r["image"]) for r in rows[i:i + 64]]
-        feats.append(edge(image_processor(images=images, return_tensors="pt").pixel_values))
+        feats.append(features_at_cut(edge, image_processor, images))
     feats = torch.cat(feats).float()
     questions = [r["question"] for r in rows]
     answers = [r["answer"] if isinstance(r["answer"], str) else r["answer"][0] for r in rows]

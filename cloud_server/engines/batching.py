@@ -9,11 +9,16 @@ padding scheme ``generate()`` uses for a fixed batch; here the batch changes:
 - joining: newcomers are prefilled together, then both caches are left-padded to one length and
   concatenated along the batch;
 - leaving: rows are dropped by index, and padding columns no remaining row needs are trimmed.
+
+Written against transformers 5.24's cache API: ``DynamicCache.batch_select_indices`` drops
+rows; iterating a ``DynamicCache`` yields each layer's (keys, values, sliding window) and
+``DynamicCache(ddp_cache_data=..., config=...)`` builds one from such tuples. The library has no
+call that concatenates two caches along the batch or trims columns at the front, so those two
+steps build a new cache from the tensors it yields.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -30,11 +35,6 @@ class Row:
     max_new_tokens: int
     ids: list[int] = field(default_factory=list)
     finished: bool = False
-
-
-def _cache_kwarg(lm) -> str:
-    # transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name warns, then goes).
-    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
 def _left_pad(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
@@ -54,7 +54,6 @@ class BatchDecoder:
         self.model = cloud.model
         self.lm = cloud.model.model.language_model
         self.tokenizer = cloud.processor.tokenizer
-        self.cache_kwarg = _cache_kwarg(self.lm)
         eos = self.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
         self.rows: list[Row] = []
@@ -78,7 +77,7 @@ class BatchDecoder:
         mask = inputs.attention_mask
         cache = DynamicCache(config=self.lm.config)
         out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=self._positions(mask),
-                      use_cache=True, **{self.cache_kwarg: cache})
+                      use_cache=True, cache=cache)  # transformers 5.x: past_key_values -> cache
         first = self._greedy(out.last_hidden_state[:, -1])
         self._merge(rows, cache, mask, first)
 
@@ -97,12 +96,9 @@ class BatchDecoder:
             self.rows, self.cache, self.mask, self.last = list(rows), cache, mask, first
         else:
             length = max(self.mask.shape[1], mask.shape[1])
-            layers = []
-            for old, new in zip(self.cache.layers, cache.layers):
-                layers.append((torch.cat([_left_pad(old.keys, length, 2),
-                                          _left_pad(new.keys, length, 2)]),
-                               torch.cat([_left_pad(old.values, length, 2),
-                                          _left_pad(new.values, length, 2)])))
+            layers = [(torch.cat([_left_pad(old_k, length, 2), _left_pad(new_k, length, 2)]),
+                       torch.cat([_left_pad(old_v, length, 2), _left_pad(new_v, length, 2)]))
+                      for (old_k, old_v, _), (new_k, new_v, _) in zip(self.cache, cache)]
             self.cache = DynamicCache(ddp_cache_data=layers, config=self.lm.config)
             self.mask = torch.cat([_left_pad(self.mask, length, 1), _left_pad(mask, length, 1)])
             self.last = torch.cat([self.last, first])
@@ -124,7 +120,7 @@ class BatchDecoder:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         embeds = self.lm.embed_tokens(self.last[:, None].to(device))
         out = self.lm(inputs_embeds=embeds, attention_mask=self.mask, position_ids=positions,
-                      use_cache=True, **{self.cache_kwarg: self.cache})
+                      use_cache=True, cache=self.cache)
         self.last = self._greedy(out.last_hidden_state[:, -1])
         for row, token in zip(self.rows, self.last.tolist()):
             self._record(row, token)
@@ -141,9 +137,10 @@ class BatchDecoder:
         index = torch.tensor(keep, device=self.mask.device)
         self.rows = [self.rows[i] for i in keep]
         self.mask, self.last = self.mask[index], self.last[index]
+        self.cache.batch_select_indices(index)
         # Padding columns that no remaining row attends to are dead weight: trim them.
         start = int((self.mask.sum(0) > 0).nonzero()[0])
-        layers = [(layer.keys[index, :, start:], layer.values[index, :, start:])
-                  for layer in self.cache.layers]
-        self.cache = DynamicCache(ddp_cache_data=layers, config=self.lm.config)
-        self.mask = self.mask[:, start:]
+        if start:
+            layers = [(keys[:, :, start:], values[:, :, start:]) for keys, values, _ in self.cache]
+            self.cache = DynamicCache(ddp_cache_data=layers, config=self.lm.config)
+            self.mask = self.mask[:, start:]
