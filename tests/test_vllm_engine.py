@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from cloud_server.launch import ServerProcess
+from offline.server_process import ServerProcess
 from common.llava_io import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from common.pipeline import EdgeHalf
