@@ -10,7 +10,8 @@ padding scheme ``generate()`` uses for a fixed batch; here the batch changes:
   concatenated along the batch;
 - leaving: rows are dropped by index, and padding columns no remaining row needs are trimmed.
 
-Written against transformers 5.24's cache API: ``DynamicCache.batch_select_indices`` drops
+Written against transformers 5's cache API (the project pins <5.20 for vLLM, where the
+model's cache argument is still ``past_key_values``; 5.24 renames it ``cache``): ``DynamicCache.batch_select_indices`` drops
 rows; iterating a ``DynamicCache`` yields each layer's (keys, values, sliding window) and
 ``DynamicCache(ddp_cache_data=..., config=...)`` builds one from such tuples. The library has no
 call that concatenates two caches along the batch or trims columns at the front, so those two
@@ -77,7 +78,7 @@ class BatchDecoder:
         mask = inputs.attention_mask
         cache = DynamicCache(config=self.lm.config)
         out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=self._positions(mask),
-                      use_cache=True, cache=cache)  # transformers 5.x: past_key_values -> cache
+                      use_cache=True, past_key_values=cache)  # the name in transformers <5.20 (pinned)
         first = self._greedy(out.last_hidden_state[:, -1])
         self._merge(rows, cache, mask, first)
 
@@ -120,7 +121,7 @@ class BatchDecoder:
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         embeds = self.lm.embed_tokens(self.last[:, None].to(device))
         out = self.lm(inputs_embeds=embeds, attention_mask=self.mask, position_ids=positions,
-                      use_cache=True, cache=self.cache)
+                      use_cache=True, past_key_values=self.cache)
         self.last = self._greedy(out.last_hidden_state[:, -1])
         for row, token in zip(self.rows, self.last.tolist()):
             self._record(row, token)
