@@ -37,30 +37,12 @@ def read_projector_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-class _VisionSide(nn.Module):
-    """The weights of :class:`common.split.CloudVision` (the blocks after the cut and the
-    projector) under the key names of a LLaVA checkpoint, plus ``config`` for the server."""
+class _Model:
+    """What the server reads of a loaded LLaVA's ``model`` attribute (its config, device and
+    dtype) when no language model is loaded."""
 
-    def __init__(self, config, split: SplitPoint):
-        super().__init__()
-        from transformers.models.clip.modeling_clip import CLIPEncoderLayer
-        from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
-
-        self.config, self.split = config, split
-        config.vision_config._attn_implementation = "sdpa"
-        self.cloud_vision_layers = nn.ModuleList(
-            CLIPEncoderLayer(config.vision_config)
-            for _ in range(split.split_layer, split.feature_layer))
-        self.model = nn.Module()
-        self.model.multi_modal_projector = LlavaMultiModalProjector(config)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.multi_modal_projector.linear_1.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.multi_modal_projector.linear_1.weight.dtype
+    def __init__(self, config, device: torch.device, dtype: torch.dtype):
+        self.config, self.device, self.dtype = config, device, dtype
 
 
 class ProjectorHalf:
@@ -68,34 +50,38 @@ class ProjectorHalf:
                  split_layer: int | None = None, device: str = "cpu",
                  dtype: torch.dtype = torch.float32):
         from transformers import AutoConfig
+        from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+        from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
         model_dir = Path(model_dir)
         config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+        config.vision_config._attn_implementation = "sdpa"
         self.processor = load_processor(model_dir)
-        self.split = SplitPoint.from_config(config, split_layer)
-        self.vision_fingerprint = vision_fingerprint(model_dir, self.split)
-        self.tokens = self.split.tokens(config.vision_config)
+        self.split = split = SplitPoint.from_config(config, split_layer)
+        self.vision_fingerprint = vision_fingerprint(model_dir, split)
+        self.tokens = split.tokens(config.vision_config)
         self.dim = config.vision_config.hidden_size
-        side = _VisionSide(config, self.split)
-        blocks, _ = read_vision_tensors(model_dir, self.split.split_layer,
-                                        self.split.feature_layer, with_embeddings=False)
-        state = {f"cloud_vision_layers.{int(k.split('.')[2]) - self.split.split_layer}."
-                 f"{k.split('.', 3)[3]}": v for k, v in blocks.items()}
-        state.update({f"model.multi_modal_projector.{k}": v
-                      for k, v in read_projector_tensors(model_dir).items()})
-        missing, unexpected = side.load_state_dict(state, strict=False)
+        self.image_tokens = split.image_tokens(config.vision_config)
+        vision = CloudVision(split, nn.ModuleList(CLIPEncoderLayer(config.vision_config)
+                                                  for _ in range(split.split_layer,
+                                                                 split.feature_layer)),
+                             LlavaMultiModalProjector(config))
+        blocks, _ = read_vision_tensors(model_dir, split.split_layer, split.feature_layer,
+                                        with_embeddings=False)
+        state = {f"layers.{int(k.split('.')[2]) - split.split_layer}.{k.split('.', 3)[3]}": v
+                 for k, v in blocks.items()}
+        state.update({f"projector.{k}": v for k, v in read_projector_tensors(model_dir).items()})
+        missing, unexpected = vision.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise SplitError(f"projector weights in {model_dir} do not match the config: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-        self.model = side.to(device=device, dtype=dtype).eval()
+        self.vision = vision.to(device=device, dtype=dtype).eval()
+        self.model = _Model(config, torch.device(device), dtype)
         self.codec = None
         if codec_dir is not None:
             self.codec = AlignedVQ.load(codec_dir, expect_fingerprint=self.vision_fingerprint,
-                                        expect_split_layer=self.split.split_layer)
+                                        expect_split_layer=split.split_layer)
         self.codec_fingerprint = self.codec.fingerprint() if self.codec else ""
-        self.image_tokens = self.split.image_tokens(config.vision_config)
-        self.vision = CloudVision(self.split, self.model.cloud_vision_layers,
-                                  self.model.model.multi_modal_projector)
 
     def decode(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
         return make_encoding(mode, self.codec, self.tokens, self.dim).decode(chunks)

@@ -207,14 +207,15 @@ def _tls_name(target: str) -> str | None:
     return _split_host_port(first)[0]
 
 
-def channel(target: str, max_message_bytes: int = 8 * 1024 * 1024, *,
+def channel(target: str, max_message_bytes: int = 8 * 1024 * 1024, *, tls: bool = False,
             tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
             tls_key: str | Path | None = None,
             tls_server_name: str | None = None) -> grpc.Channel:
     """A channel to ``target`` (anything :func:`grpc_target` takes) with round_robin load
     balancing, so consecutive calls spread over every address the target resolves to.
 
-    TLS is on when a ``tls_ca`` or ``tls_cert`` file is given: ``tls_ca`` verifies the
+    TLS is on when ``tls`` is set (the health check against a TLS server, which may know no
+    CA of its own) or a ``tls_ca`` or ``tls_cert`` file is given: ``tls_ca`` verifies the
     server (system roots when absent); ``tls_cert``/``tls_key`` present a client certificate
     (mTLS). ``tls_server_name`` overrides the name the server certificate is checked against."""
     if bool(tls_cert) != bool(tls_key):
@@ -229,7 +230,7 @@ def channel(target: str, max_message_bytes: int = 8 * 1024 * 1024, *,
                ("grpc.min_reconnect_backoff_ms", 200),
                ("grpc.max_reconnect_backoff_ms", 2000),
                ("grpc.service_config", ROUND_ROBIN)]
-    if not (tls_ca or tls_cert):
+    if not (tls or tls_ca or tls_cert):
         return grpc.insecure_channel(target, options=options)
     name = tls_server_name or _tls_name(target)
     if name:
