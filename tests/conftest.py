@@ -103,6 +103,45 @@ def default_server():
         yield server
 
 
+# One `cloud-server --engine vllm` serves the vLLM tests of every module (test_malformed's corpus,
+# test_vllm_engine): each start costs ~30 s of vLLM start-up. Its flags are the union of what
+# they need: the corpus's limits and a capacity small enough for the admission tests.
+VLLM_FLAGS = ("--engine", "vllm", "--metrics-port", "0",
+              "--max-question-chars", "200", "--max-new-tokens", "16",
+              "--max-message-bytes", "65536", "--max-image-pixels", "1000000",
+              "--max-batch-size", "4", "--max-queued", "4")
+
+
+class SharedServer:
+    """A server started on first use and started again if a test stopped it (the SIGTERM drain
+    test stops it on purpose), so modules may share it in any order."""
+
+    def __init__(self, *flags: str):
+        self.flags, self.server = flags, None
+
+    def get(self):
+        from offline.server_process import ServerProcess
+
+        if self.server is None or self.server.proc.poll() is not None:
+            self.close()
+            self.server = ServerProcess(*self.flags, ready_timeout=600)
+            self.server.wait_ready(900)
+        return self.server
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            self.server = None
+
+
+@pytest.fixture(scope="session")
+def shared_vllm():
+    pytest.importorskip("vllm", reason="the vllm extra is not installed (make test installs it)")
+    shared = SharedServer(*VLLM_FLAGS)
+    yield shared
+    shared.close()
+
+
 @dataclass
 class Run:
     """What ``subprocess.run(..., capture_output=True, text=True)`` returns, for an in-process

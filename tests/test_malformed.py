@@ -38,8 +38,12 @@ NEEDS_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
 
 @pytest.fixture(scope="module", params=["builtin", pytest.param("vllm", marks=NEEDS_VLLM)])
 def server(request):
-    with ServerProcess(*LIMITS, "--engine", request.param, ready_timeout=600) as s:
-        s.wait_ready(900)
+    if request.param == "vllm":
+        # The session's vLLM server: the same limits (tests/conftest.py VLLM_FLAGS).
+        yield request.getfixturevalue("shared_vllm").get()
+        return
+    with ServerProcess(*LIMITS, "--engine", request.param) as s:
+        s.wait_ready()
         yield s
 
 

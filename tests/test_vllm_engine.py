@@ -21,7 +21,6 @@ import grpc
 import pytest
 
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from offline.server_process import ServerProcess
 from common.llava_io import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from common.pipeline import EdgeHalf
@@ -33,23 +32,16 @@ pytestmark = [pytest.mark.integration,
                                  reason="the vllm extra is not installed (make test installs it)")]
 
 ROWS = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text().splitlines()]
-# At most 4 running and 4 waiting: small enough that the admission tests can fill it.
-CAPACITY = ["--max-batch-size", "4", "--max-queued", "4"]
+@pytest.fixture
+def vllm_server(shared_vllm):
+    """The session's vLLM server (tests/conftest.py VLLM_FLAGS: at most 4 running and 4
+    waiting, small enough for the admission tests to fill)."""
+    return shared_vllm.get()
 
 
-@pytest.fixture(scope="module")
-def vllm_server():
-    with ServerProcess("--engine", "vllm", "--metrics-port", "0", *CAPACITY,
-                       ready_timeout=600) as s:
-        s.wait_ready(900)
-        yield s
-
-
-@pytest.fixture(scope="module")
-def builtin_server():
-    with ServerProcess("--engine", "builtin") as s:
-        s.wait_ready()
-        yield s
+@pytest.fixture
+def builtin_server(default_server):
+    return default_server
 
 
 def stub_of(server):
@@ -136,7 +128,7 @@ def test_streamed_deltas_concatenate_to_the_answer(vllm_server):
 def _messages(question="how many objects are there?"):
     e = edge("alignedvq")
     chunks = e.chunks([open_image(SAMPLES_DIR / "images" / "sample0.png")])[0]
-    return e.messages(chunks, question, max_new_tokens=32)
+    return e.messages(chunks, question, max_new_tokens=16)
 
 
 def test_cancelling_aborts_the_request_in_vllm_and_frees_the_slot(vllm_server):
