@@ -17,6 +17,9 @@ const path = require("path");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
 
+const { CONNECTION_FLAGS, UsageError, parseFlags, quietIpServerNameWarning, readToken } =
+  require("./lib/cli");
+
 const PROG = "client.js";
 const DEFAULT_PROTOS = path.resolve(__dirname, "..", "..", "protos");
 
@@ -38,63 +41,16 @@ const USAGE = `usage: node ${PROG} --payload FILE [options]
 
 Exit status: 0 answered, 1 gRPC error, 2 bad arguments or unreadable files.`;
 
-class UsageError extends Error {}
-
-// grpc-js passes an IP target (127.0.0.1:50051) to TLS as the server name, and Node warns that
-// RFC 6066 forbids that on every run. Certificates with IP SANs still verify; keep other warnings.
-process.removeAllListeners("warning");
-process.on("warning", (w) => {
-  if (w.code !== "DEP0123") console.error(`${PROG}: ${w.name}: ${w.message}`);
-});
+quietIpServerNameWarning(PROG);
 
 function parseArgs(argv) {
-  const opts = { server: "127.0.0.1:50051", json: false, timeout: 120, protos: DEFAULT_PROTOS };
-  const valued = {
-    "--server": "server", "--payload": "payload", "--timeout": "timeout",
-    "--auth-token-file": "authTokenFile", "--tls-ca": "tlsCa", "--tls-cert": "tlsCert",
-    "--tls-key": "tlsKey", "--tls-server-name": "tlsServerName", "--protos": "protos",
-    "--request-id": "requestId",
-  };
-  for (let i = 0; i < argv.length; i++) {
-    let arg = argv[i];
-    let value;
-    const eq = arg.indexOf("=");
-    if (arg.startsWith("--") && eq > 0) {
-      value = arg.slice(eq + 1);
-      arg = arg.slice(0, eq);
-    }
-    if (arg === "-h" || arg === "--help") {
-      console.log(USAGE);
-      process.exit(0);
-    } else if (arg === "--json") {
-      opts.json = true;
-    } else if (arg in valued) {
-      if (value === undefined) {
-        if (i + 1 >= argv.length) throw new UsageError(`${arg} needs a value`);
-        value = argv[++i];
-      }
-      opts[valued[arg]] = value;
-    } else {
-      throw new UsageError(`unknown argument ${arg}`);
-    }
-  }
+  const opts = parseFlags(argv, { ...CONNECTION_FLAGS, "--payload": "payload" },
+                          { server: "127.0.0.1:50051", timeout: 120, protos: DEFAULT_PROTOS },
+                          USAGE);
   if (!opts.payload) throw new UsageError("--payload FILE is required");
   opts.timeout = Number(opts.timeout);
   if (!(opts.timeout > 0)) throw new UsageError("--timeout must be a positive number of seconds");
-  if (Boolean(opts.tlsCert) !== Boolean(opts.tlsKey)) {
-    throw new UsageError("--tls-cert and --tls-key go together");
-  }
   return opts;
-}
-
-// Same format as edge-agent's and cloud-server's --auth-token-file: one token per line, blank
-// lines and '#' comments ignored; the first one is sent.
-function readToken(file) {
-  for (const line of fs.readFileSync(file, "utf8").split(/\r?\n/)) {
-    const t = line.trim();
-    if (t && !t.startsWith("#")) return t;
-  }
-  throw new UsageError(`${file} holds no token (one per line; '#' starts a comment)`);
 }
 
 // {method, messages_base64: [...]}: the serialised request messages, in order (edge_agent/cli.py).

@@ -19,6 +19,8 @@ const protoLoader = require("@grpc/proto-loader");
 const { readImage, ImageError } = require("./lib/image");
 const { preprocess } = require("./lib/preprocess");
 const { pack } = require("./lib/packing");
+const { CONNECTION_FLAGS, UsageError, parseFlags, quietIpServerNameWarning, readToken } =
+  require("./lib/cli");
 
 const PROG = "edge.js";
 const REPO = path.resolve(__dirname, "..", "..");
@@ -49,47 +51,16 @@ const USAGE = `usage: node ${PROG} --image FILE --question TEXT [options]
 
 Exit status: 0 answered, 1 gRPC error, 2 bad arguments or unreadable files, 3 incompatible server.`;
 
-class UsageError extends Error {}
 class IncompatibleServer extends Error {}
 
-process.removeAllListeners("warning");
-process.on("warning", (w) => {
-  if (w.code !== "DEP0123") console.error(`${PROG}: ${w.name}: ${w.message}`);
-});
+quietIpServerNameWarning(PROG);
 
 function parseArgs(argv) {
-  const opts = { server: "127.0.0.1:50051", json: false, timeout: 120, protos: DEFAULT_PROTOS,
-                 onnxDir: DEFAULT_ONNX_DIR, maxNewTokens: 0, threads: 0 };
-  const valued = {
-    "--image": "image", "--question": "question", "--server": "server", "--onnx-dir": "onnxDir",
-    "--max-new-tokens": "maxNewTokens", "--dump-payload": "dumpPayload", "--timeout": "timeout",
-    "--threads": "threads", "--auth-token-file": "authTokenFile", "--tls-ca": "tlsCa",
-    "--tls-cert": "tlsCert", "--tls-key": "tlsKey", "--tls-server-name": "tlsServerName",
-    "--protos": "protos", "--request-id": "requestId",
-  };
-  for (let i = 0; i < argv.length; i++) {
-    let arg = argv[i];
-    let value;
-    const eq = arg.indexOf("=");
-    if (arg.startsWith("--") && eq > 0) {
-      value = arg.slice(eq + 1);
-      arg = arg.slice(0, eq);
-    }
-    if (arg === "-h" || arg === "--help") {
-      console.log(USAGE);
-      process.exit(0);
-    } else if (arg === "--json") {
-      opts.json = true;
-    } else if (arg in valued) {
-      if (value === undefined) {
-        if (i + 1 >= argv.length) throw new UsageError(`${arg} needs a value`);
-        value = argv[++i];
-      }
-      opts[valued[arg]] = value;
-    } else {
-      throw new UsageError(`unknown argument ${arg}`);
-    }
-  }
+  const opts = parseFlags(argv, {
+    ...CONNECTION_FLAGS, "--image": "image", "--question": "question", "--onnx-dir": "onnxDir",
+    "--max-new-tokens": "maxNewTokens", "--dump-payload": "dumpPayload", "--threads": "threads",
+  }, { server: "127.0.0.1:50051", timeout: 120, protos: DEFAULT_PROTOS,
+       onnxDir: DEFAULT_ONNX_DIR, maxNewTokens: 0, threads: 0 }, USAGE);
   if (!opts.image) throw new UsageError("--image FILE is required");
   if (opts.question === undefined) throw new UsageError("--question TEXT is required");
   for (const [key, flag] of [["timeout", "--timeout"], ["maxNewTokens", "--max-new-tokens"],
@@ -99,18 +70,7 @@ function parseArgs(argv) {
       throw new UsageError(`${flag} must be a non-negative number`);
     }
   }
-  if (Boolean(opts.tlsCert) !== Boolean(opts.tlsKey)) {
-    throw new UsageError("--tls-cert and --tls-key go together");
-  }
   return opts;
-}
-
-function readToken(file) {
-  for (const line of fs.readFileSync(file, "utf8").split(/\r?\n/)) {
-    const t = line.trim();
-    if (t && !t.startsWith("#")) return t;
-  }
-  throw new UsageError(`${file} holds no token (one per line; '#' starts a comment)`);
 }
 
 // edge.json, the graph's sidecar (common/edge_spec.py).
