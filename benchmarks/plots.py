@@ -30,8 +30,9 @@ def accuracy_vs_bytes(section: dict, path: Path, machine: str) -> Path:
         ax.annotate(f"{p['bits']}b" + (f"x{p['stages']}" if p["stages"] > 1 else ""),
                     (p["bytes_per_image"], p["accuracy"]), textcoords="offset points",
                     xytext=(4, 6) if p["stages"] > 1 else (4, -12), fontsize=8)
+    # "jpeg": the image mode's name in reports written before it was renamed.
     markers = {"fp16": ("s", "tab:orange"), "int8": ("D", "tab:green"),
-               "jpeg": ("^", "tab:red")}
+               "image": ("^", "tab:red"), "jpeg": ("^", "tab:red")}
     for p in points:
         if p.get("shipped"):
             ax.plot(p["bytes_per_image"], p["accuracy"], "*", ms=12, color="tab:purple",

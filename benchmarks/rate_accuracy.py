@@ -22,7 +22,7 @@ FULL_RATES = ((4, 1), (6, 1), (8, 1), (10, 1), (12, 1), (16, 1), (12, 2))
 # 32 images x 64 tokens, and k-means cheap.
 QUICK_RATES = ((4, 1), (6, 1), (4, 2))
 TRAIN_SEED, TEST_SEED = 5, 7
-REFERENCE_MODES = ("original", "fp16", "int8", "jpeg")
+REFERENCE_MODES = ("original", "fp16", "int8", "image")
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def run(out: Path, quick: bool, prepared: dict | None = None) -> dict:
         commands.append(command)
         points.append({"label": {"original": "original (pixels, no transfer)",
                                  "fp16": "fp16 features", "int8": "int8 features",
-                                 "jpeg": "cloud-only JPEG-90"}[mode],
+                                 "image": "cloud-only JPEG-90"}[mode],
                        "mode": mode, "accuracy": result["accuracy"], "n": result["n"],
                        "bytes_per_image": result.get("payload_bytes_mean"),
                        "by_family": result["by_family"], "seconds": result["seconds"]})

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_EDGE_DIR, DEFAULT_MODEL_DIR
-from offline.evaluate import MODES
+from offline.evaluate import MODES, OLD_MODE_NAMES
 
 
 def _dataset(args) -> int:
@@ -101,6 +101,9 @@ def _eval(args) -> int:
     from common.datasets import DatasetError
     from offline.evaluate import evaluate
 
+    if args.mode in OLD_MODE_NAMES:
+        print(f"note: --mode {args.mode} is now called --mode {OLD_MODE_NAMES[args.mode]}",
+              file=sys.stderr)
     try:
         result = evaluate(Path(args.model), Path(args.dataset), limit=args.limit,
                           batch_size=args.batch_size, device=args.device,
@@ -229,10 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--batch-size", type=int, default=64, help="questions per generate() call")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--mode", choices=MODES, default="original",
+    p.add_argument("--mode", choices=[*MODES, *OLD_MODE_NAMES], default="original",
+                   metavar="{" + ",".join(MODES) + "}",
                    help="original: the unmodified model; alignedvq: through the codec; "
-                        "fp16/int8: split features sent raw (baselines); jpeg: the cloud-only "
-                        "JPEG-90 upload at the model's input size")
+                        "fp16/int8: split features sent raw (baselines); image: the cloud-only "
+                        "JPEG-90 upload at the model's input size, as edge-agent --mode image "
+                        "sends it (its old name, jpeg, still works)")
     p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR),
                    help="codec folder for --mode alignedvq (default: the shipped one)")
     p.add_argument("--split-layer", type=int,

@@ -11,11 +11,13 @@ from tqdm import tqdm
 
 from common.answers import is_correct
 from common.datasets import read_questions
-from common.features import FEATURE_MODES
+from common.features import FEATURE_MODES, IMAGE_MODE
 from common.llava_io import answer_batch, load_llava, open_image
 
-# "jpeg" here is what edge-agent calls --mode image (the cloud-only baseline).
-MODES = ("original", *FEATURE_MODES, "jpeg")
+# The same names as `edge-agent --mode`, plus the unmodified model ("original").
+MODES = ("original", *FEATURE_MODES, IMAGE_MODE)
+# Earlier releases called the cloud-only baseline "jpeg"; scripts that still say so keep working.
+OLD_MODE_NAMES = {"jpeg": IMAGE_MODE}
 # The cloud-only baseline: what `edge-agent --mode image` uploads (its default quality).
 JPEG_QUALITY = 90
 
@@ -59,7 +61,7 @@ class SplitAnswerer:
         return self.cloud.answer(torch.stack(decoded), questions)
 
 
-class JpegAnswerer:
+class ImageUploadAnswerer:
     """The cloud-only path: each image as the square the model sees, JPEG-encoded exactly as the
     edge uploads it (``common.images.jpeg_baseline``), decoded again and answered by the
     unmodified model. The payload is the serialised ``AnswerFromImageRequest`` (question
@@ -91,6 +93,7 @@ def evaluate(model_dir: Path, dataset: Path, limit: int | None = None, batch_siz
              codec_dir: Path | None = None, split_layer: int | None = None) -> dict:
     """Greedy answers for every question. An image that fails to load is an error: counted as a
     wrong answer in ``accuracy`` and listed under ``errors``, never a crash."""
+    mode = OLD_MODE_NAMES.get(mode, mode)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     started = time.monotonic()
@@ -98,8 +101,8 @@ def evaluate(model_dir: Path, dataset: Path, limit: int | None = None, batch_siz
     if mode == "original":
         model, processor = load_llava(model_dir, device=device)
         answerer = lambda images, questions: answer_batch(model, processor, images, questions)  # noqa: E731
-    elif mode == "jpeg":
-        answerer = JpegAnswerer(model_dir, device)
+    elif mode == IMAGE_MODE:
+        answerer = ImageUploadAnswerer(model_dir, device)
     else:
         answerer = SplitAnswerer(model_dir, mode, codec_dir, split_layer, device)
     root = Path(dataset).resolve().parent
@@ -129,7 +132,7 @@ def evaluate(model_dir: Path, dataset: Path, limit: int | None = None, batch_siz
                                 "expected": row["answer"], "correct": hit})
     n = len(rows)
     payload = {}
-    if mode == "jpeg" and answerer.payload_bytes:
+    if mode == IMAGE_MODE and answerer.payload_bytes:
         payload = {"payload_bytes_mean": sum(answerer.payload_bytes) / len(answerer.payload_bytes),
                    "jpeg_quality": answerer.quality, "image_size": answerer.size}
     elif mode != "original" and answerer.payload_bytes:

@@ -37,7 +37,7 @@ def test_bench_quick_writes_report(tmp_path):
     # 1. every reference point and every quick codec has an accuracy and (but for the original
     # model, which sends nothing) a positive byte count
     points = report["rate_accuracy"]["points"]
-    assert {p["mode"] for p in points} == {"original", "fp16", "int8", "jpeg", "alignedvq"}
+    assert {p["mode"] for p in points} == {"original", "fp16", "int8", "image", "alignedvq"}
     for p in points:
         assert 0 <= p["accuracy"] <= 1 and p["n"] == Budget.quick().test_questions
         if p["mode"] != "original":
@@ -144,8 +144,8 @@ def test_proxy_link_delivers_bytes_in_order():
     assert elapsed >= 0.030     # there and back: at least twice the one-way delay
 
 
-def test_eval_jpeg_mode_counts_the_upload():
-    """The cloud-only reference point of the report: ``eval --mode jpeg`` answers from the
+def test_eval_image_mode_counts_the_upload():
+    """The cloud-only reference point of the report: ``eval --mode image`` answers from the
     decoded JPEG-90 and counts exactly the upload ``edge-agent --mode image`` sends."""
     from alignedvq.v1 import inference_pb2 as pb
     from common.llava_io import open_image
@@ -154,11 +154,23 @@ def test_eval_jpeg_mode_counts_the_upload():
     from offline.evaluate import evaluate
 
     questions = SAMPLES_DIR / "questions.jsonl"
-    result = evaluate(DEFAULT_MODEL_DIR, questions, mode="jpeg", progress=False)
+    result = evaluate(DEFAULT_MODEL_DIR, questions, mode="image", progress=False)
     rows = [json.loads(line) for line in questions.read_text().splitlines() if line.strip()]
     sizes = [len(pb.AnswerFromImageRequest(image=jpeg_upload(
         open_image(SAMPLES_DIR / r["image"]), 128, 90)).SerializeToString()) for r in rows]
     assert result["n"] == len(rows) and not result["errors"]
     assert result["payload_bytes_mean"] == sum(sizes) / len(sizes)
     assert result["jpeg_quality"] == 90 and result["image_size"] == 128
+    assert result["mode"] == "image"
     assert result["accuracy"] >= 0.75      # the demo answers all 8 right through this path
+
+
+def test_eval_accepts_the_image_modes_old_name():
+    """Scripts written when ``eval`` called the cloud-only baseline ``jpeg`` still run it, and
+    the result carries today's name, the one ``edge-agent --mode`` uses."""
+    from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
+    from offline.evaluate import evaluate
+
+    result = evaluate(DEFAULT_MODEL_DIR, SAMPLES_DIR / "questions.jsonl", limit=1, mode="jpeg",
+                      progress=False)
+    assert result["mode"] == "image" and result["n"] == 1 and result["payload_bytes_mean"] > 0
