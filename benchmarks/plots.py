@@ -14,6 +14,15 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: Path, machine: str) -> Path:
+    """Every figure carries the machine it was measured on, in small grey print at the foot."""
+    fig.text(0.01, 0.005, machine, fontsize=6, color="gray")
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def accuracy_vs_bytes(section: dict, path: Path, machine: str) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
@@ -48,11 +57,7 @@ def accuracy_vs_bytes(section: dict, path: Path, machine: str) -> Path:
     ax.set_title("Accuracy against bytes per image, embedded tiny LLaVA", fontsize=11)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.text(0.01, 0.005, machine, fontsize=6, color="gray")
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, machine)
 
 
 def bytes_per_image(section: dict, path: Path, machine: str) -> Path:
@@ -76,11 +81,7 @@ def bytes_per_image(section: dict, path: Path, machine: str) -> Path:
                      fontsize=9)
         ax.set_xlabel("bytes per image (mean, log scale)")
         ax.tick_params(axis="y", labelsize=8)
-    fig.text(0.01, 0.005, machine, fontsize=6, color="gray")
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, machine)
 
 
 def latency_vs_link(section: dict, path: Path, machine: str) -> Path:
@@ -119,8 +120,4 @@ def latency_vs_link(section: dict, path: Path, machine: str) -> Path:
     bx.set_ylabel("ms (medians of each part)")
     bx.set_title("Breakdown: edge compute / network / cloud compute", fontsize=10)
     bx.legend(fontsize=6, ncol=1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.text(0.01, 0.005, machine, fontsize=6, color="gray")
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, machine)
