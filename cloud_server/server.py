@@ -23,6 +23,7 @@ from cloud_server.logs import configure as configure_logging
 from cloud_server.metrics import Metrics
 from cloud_server.security import SecurityConfigError, ServerSecurity
 from cloud_server.service import Backend, InferenceService
+from common.fast_exit import exit_now
 
 log = logging.getLogger("cloud_server")
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -113,7 +114,10 @@ async def serve(config: ServerConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = ServerConfig.from_args(argv)
+    return run(ServerConfig.from_args(argv))
+
+
+def run(config: ServerConfig) -> int:
     configure_logging(config.log_format)
     try:
         import uvloop
@@ -123,5 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(serve(config))
 
 
+def console_main() -> None:
+    """The ``cloud-server`` command: ends as soon as the drain is done (common.fast_exit),
+    except after the vLLM engine, whose exit handlers clean up after its engine core."""
+    config = ServerConfig.from_args(sys.argv[1:])
+    code = run(config)
+    if config.engine == "vllm":
+        sys.exit(code)
+    exit_now(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

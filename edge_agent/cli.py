@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
+from common.fast_exit import exit_now
 from common.modes import ALIGNEDVQ, EDGE_MODES, FEATURE_MODES, IMAGE_MODE
 from common.images import (DEFAULT_MAX_PIXELS, ImageRefused, check_image, checkpoint_image_size,
                            load_model_input)
@@ -227,5 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def console_main() -> None:
+    """The ``edge-agent`` command: ends as soon as the answer is out (common.fast_exit)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()
