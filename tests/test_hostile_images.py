@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from offline.server_process import ServerProcess
 from common.images import ImageRefused, model_square, open_image
 from common.paths import SAMPLES_DIR
 from conftest import cli
@@ -133,10 +132,9 @@ LARGE = [("8000x8000 png", *COUNT), ("8000x8000 jpeg", *COUNT), ("10000x1 png", 
 
 
 @pytest.fixture(scope="module")
-def server():
-    with ServerProcess() as s:
-        s.wait_ready()
-        yield s
+def server(default_server):
+    """The session's default server: these tests need nothing else of it."""
+    return default_server
 
 
 def run_in_process(server, capsys, path, question, mode):

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from offline.server_process import ServerProcess
 from common.clip_preprocess import preprocess
 from common.edge_spec import EdgeSpec
 from common.images import open_image
@@ -34,11 +33,10 @@ ROWS = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(default_server):
     if not (CLIENT_DIR / "node_modules" / "onnxruntime-node").is_dir():
         pytest.fail(f"{CLIENT_DIR}/node_modules is missing: run `make install` (npm ci)")
-    with ServerProcess("--torch-threads", "1") as s:
-        yield s.wait_ready()
+    return default_server
 
 
 def run_edge(cmd: list[str], dump) -> tuple[dict, list[str]]:

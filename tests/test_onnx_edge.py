@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from alignedvq.v1 import inference_pb2 as pb
-from offline.server_process import ServerProcess
 from common.clip_preprocess import preprocess
 from common.edge_spec import EdgeSpec, Preprocess
 from common.images import open_image
@@ -37,9 +36,9 @@ def torch_edge():
 
 
 @pytest.fixture(scope="module")
-def server():
-    with ServerProcess("--torch-threads", "1") as s:
-        yield s.wait_ready()
+def server(default_server):
+    """The session's default server: these tests need nothing else of it."""
+    return default_server
 
 
 def test_sidecar_describes_the_model_and_codec(exported_edge, torch_edge):

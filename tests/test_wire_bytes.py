@@ -24,7 +24,6 @@ from common.llava_io import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from common.pipeline import EdgeHalf
 from edge_agent.client import jpeg_upload
-from offline.server_process import ServerProcess
 
 pytestmark = pytest.mark.integration  # real servers or processes
 
@@ -68,10 +67,9 @@ CORRUPT = {
 
 
 @pytest.fixture(scope="module")
-def server():
-    with ServerProcess() as s:
-        s.wait_ready()
-        yield s
+def server(default_server):
+    """The session's default server; log checks read only the lines a test itself caused."""
+    return default_server
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +122,11 @@ def _send_raw(channel, path, client_streaming, server_streaming, raw: bytes):
         return e.code(), e.details()
 
 
-def _wait_for_log(server, pattern: str, timeout: float = 30.0) -> None:
+def _wait_for_log(server, pattern: str, since: int, timeout: float = 30.0) -> None:
     # The server writes a call's log line before it answers; the reader thread may lag a bit.
+    # Only lines from ``since`` on count: the shared server logged other tests' calls before.
     deadline = time.monotonic() + timeout
-    while not any(re.search(pattern, line) for line in server.stderr_lines):
+    while not any(re.search(pattern, line) for line in server.stderr_lines[since:]):
         assert time.monotonic() < deadline, server.log()[-3000:]
         time.sleep(0.02)
 
@@ -158,7 +157,7 @@ def test_corrupt_bytes_on_every_method_are_invalid_argument(server, channel):
 
     # Still serving, and the log holds one line per corrupt call and no traceback.
     assert _answer_codes(channel, _codes_messages())[-1].summary.answer
-    _wait_for_log(server, r"AnswerFromCodes OK alignedvq")
+    _wait_for_log(server, r"AnswerFromCodes OK alignedvq", since=before)
     log = server.stderr_lines[before:]
     assert not [line for line in log if "Traceback" in line or "DecodeError" in line], log
     refused = [line for line in log if "is not a valid" in line]
