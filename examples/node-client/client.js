@@ -17,8 +17,9 @@ const path = require("path");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
 
-const { CONNECTION_FLAGS, UsageError, parseFlags, quietIpServerNameWarning, readToken } =
-  require("./lib/cli");
+const {
+  CONNECTION_FLAGS, CONNECTION_HELP, UsageError, parseFlags, quietIpServerNameWarning, readToken,
+} = require("./lib/cli");
 
 const PROG = "client.js";
 const DEFAULT_PROTOS = path.resolve(__dirname, "..", "..", "protos");
@@ -30,13 +31,7 @@ const USAGE = `usage: node ${PROG} --payload FILE [options]
   --payload FILE          JSON written by edge-agent --dump-payload (required)
   --json                  print one JSON object at the end instead of streaming text
   --timeout SECONDS       deadline per call (default 120)
-  --auth-token-file FILE  send the file's first token as 'authorization: Bearer <token>'
-  --tls-ca FILE           PEM CA that signed the server's certificate; turns TLS on
-  --tls-cert FILE         PEM client certificate (mTLS), with --tls-key
-  --tls-key FILE          PEM private key of --tls-cert
-  --tls-server-name NAME  name to check the server's certificate against
-  --protos DIR            proto root (default: the repository's protos/)
-  --request-id ID         sent as x-request-id metadata (the server logs and echoes it)
+${CONNECTION_HELP}
   -h, --help              this text
 
 Exit status: 0 answered, 1 gRPC error, 2 bad arguments or unreadable files.`;

@@ -19,8 +19,9 @@ const protoLoader = require("@grpc/proto-loader");
 const { readImage, ImageError } = require("./lib/image");
 const { preprocess } = require("./lib/preprocess");
 const { pack } = require("./lib/packing");
-const { CONNECTION_FLAGS, UsageError, parseFlags, quietIpServerNameWarning, readToken } =
-  require("./lib/cli");
+const {
+  CONNECTION_FLAGS, CONNECTION_HELP, UsageError, parseFlags, quietIpServerNameWarning, readToken,
+} = require("./lib/cli");
 
 const PROG = "edge.js";
 const REPO = path.resolve(__dirname, "..", "..");
@@ -40,13 +41,7 @@ const USAGE = `usage: node ${PROG} --image FILE --question TEXT [options]
   --dump-payload FILE     write the request messages (JSON, base64), as edge-agent --dump-payload
   --timeout SECONDS       deadline per call (default 120)
   --threads N             onnxruntime intra-op threads (default: its own choice)
-  --auth-token-file FILE  send the file's first token as 'authorization: Bearer <token>'
-  --tls-ca FILE           PEM CA that signed the server's certificate; turns TLS on
-  --tls-cert FILE         PEM client certificate (mTLS), with --tls-key
-  --tls-key FILE          PEM private key of --tls-cert
-  --tls-server-name NAME  name to check the server's certificate against
-  --protos DIR            proto root (default: the repository's protos/)
-  --request-id ID         sent as x-request-id metadata
+${CONNECTION_HELP}
   -h, --help              this text
 
 Exit status: 0 answered, 1 gRPC error, 2 bad arguments or unreadable files, 3 incompatible server.`;

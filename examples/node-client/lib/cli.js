@@ -55,6 +55,15 @@ const CONNECTION_FLAGS = {
   "--tls-server-name": "tlsServerName", "--protos": "protos", "--request-id": "requestId",
 };
 
+// Their lines of --help, the same in both tools.
+const CONNECTION_HELP = `  --auth-token-file FILE  send the file's first token as 'authorization: Bearer <token>'
+  --tls-ca FILE           PEM CA that signed the server's certificate; turns TLS on
+  --tls-cert FILE         PEM client certificate (mTLS), with --tls-key
+  --tls-key FILE          PEM private key of --tls-cert
+  --tls-server-name NAME  name to check the server's certificate against
+  --protos DIR            proto root (default: the repository's protos/)
+  --request-id ID         sent as x-request-id metadata (the server logs and echoes it)`;
+
 // Same format as edge-agent's and cloud-server's --auth-token-file: one token per line, blank
 // lines and '#' comments ignored; the first one is sent.
 function readToken(file) {
@@ -65,4 +74,6 @@ function readToken(file) {
   throw new UsageError(`${file} holds no token (one per line; '#' starts a comment)`);
 }
 
-module.exports = { UsageError, quietIpServerNameWarning, parseFlags, CONNECTION_FLAGS, readToken };
+module.exports = {
+  UsageError, quietIpServerNameWarning, parseFlags, CONNECTION_FLAGS, CONNECTION_HELP, readToken,
+};
