@@ -15,9 +15,10 @@ from pathlib import Path
 
 class ServerProcess:
     def __init__(self, *flags: str, env: dict | None = None, ready_timeout: float = 180.0,
-                 wrap: tuple[str, ...] = ()):
+                 wrap: tuple[str, ...] = (), wait: bool = True):
         # ``wrap`` prefixes the command, e.g. ("ip", "netns", "exec", NS) for the benchmarks'
-        # emulated links, which run the server inside a network namespace.
+        # emulated links, which run the server inside a network namespace. ``wait=False``
+        # returns once the process is started; ``wait_listening`` or ``wait_ready`` then waits.
         exe = Path(sys.executable).parent / "cloud-server"
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "cloud_server.server"]
         self.proc = subprocess.Popen([*wrap, *cmd, "--port", "0", *flags], stdout=subprocess.PIPE,
@@ -29,10 +30,20 @@ class ServerProcess:
         self._ready = threading.Event()
         threading.Thread(target=self._read_stdout, daemon=True).start()
         threading.Thread(target=self._read_stderr, daemon=True).start()
-        if not self._listening.wait(ready_timeout):
-            self.kill()
-            raise RuntimeError("cloud-server did not start listening:\n" + self.log())
+        self.address: str | None = None
+        if wait:
+            self.wait_listening(ready_timeout)
+
+    def wait_listening(self, timeout: float = 180.0) -> "ServerProcess":
+        """Until the server has bound its port and printed it (the model may still be loading).
+        A process that exits first fails at once, not at the deadline."""
+        deadline = time.monotonic() + timeout
+        while not self._listening.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError("cloud-server did not start listening:\n" + self.log())
         self.address = re.search(r"listening on (\S+)", self.lines[0]).group(1)
+        return self
 
     def _read_stdout(self):
         for line in self.proc.stdout:
@@ -47,6 +58,8 @@ class ServerProcess:
             self.stderr_lines.append(line)
 
     def wait_ready(self, timeout: float = 180.0) -> "ServerProcess":
+        if self.address is None:
+            self.wait_listening(timeout)
         deadline = time.monotonic() + timeout
         while not self._ready.is_set():
             if self.proc.poll() is not None or time.monotonic() > deadline:

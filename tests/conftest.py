@@ -1,4 +1,6 @@
+import concurrent.futures
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -114,32 +116,83 @@ VLLM_FLAGS = ("--engine", "vllm", "--metrics-port", "0",
 
 class SharedServer:
     """A server started on first use and started again if a test stopped it (the SIGTERM drain
-    test stops it on purpose), so modules may share it in any order."""
+    test stops it on purpose), so modules may share it in any order. ``start_early`` begins the
+    first start on a thread, to overlap the tests that run before the first user."""
 
-    def __init__(self, *flags: str):
-        self.flags, self.server = flags, None
+    def __init__(self, *flags: str, extra: str | None = None):
+        # ``extra``: the optional package the server needs; without it, its users skip.
+        self.flags, self.extra, self.server = flags, extra, None
+        self._starting: concurrent.futures.Future | None = None
 
-    def get(self):
+    def _spawn(self):
         from offline.server_process import ServerProcess
 
+        return ServerProcess(*self.flags, wait=False)
+
+    @staticmethod
+    def _wait(server):
+        try:
+            return server.wait_ready(900)
+        except BaseException:
+            server.kill()
+            raise
+
+    def _start(self):
+        return self._wait(self._spawn())
+
+    def start_early(self) -> None:
+        """Starts the process now, on this thread (a unit test running meanwhile may not start
+        one), and waits for it to load on another."""
+        if self._starting is None and self.server is None:
+            self._early = self._spawn()
+            self._starting = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="shared-server-start").submit(self._wait, self._early)
+
+    def get(self):
+        if self.extra:
+            pytest.importorskip(self.extra, reason=f"the {self.extra} extra is not installed "
+                                "(make test installs it)")
+        if self._starting is not None:
+            starting, self._starting = self._starting, None
+            self.server = starting.result()  # what the start raised, the first user sees
         if self.server is None or self.server.proc.poll() is not None:
             self.close()
-            self.server = ServerProcess(*self.flags, ready_timeout=600)
-            self.server.wait_ready(900)
+            self.server = self._start()
         return self.server
 
     def close(self) -> None:
+        if self._starting is not None:  # started early, never used (perhaps still loading)
+            starting, self._starting = self._starting, None
+            self._early.terminate()
+            with contextlib.suppress(Exception):
+                starting.result()
         if self.server is not None:
             self.server.terminate()
             self.server = None
 
 
+# The vLLM engine's start-up (~25 s: two more processes, each importing torch and vLLM) is the
+# longest single wait of the suite. When the collected tests will use it, it begins on a thread
+# as soon as collection ends and overlaps the tests that run before its first user.
+SHARED_VLLM = SharedServer(*VLLM_FLAGS, extra="vllm")
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly or importlib.util.find_spec("vllm") is None:
+        return
+    if any("shared_vllm" in getattr(item, "fixturenames", ()) for item in session.items):
+        SHARED_VLLM.start_early()
+
+
+def pytest_sessionfinish(session):
+    SHARED_VLLM.close()  # also when it was started early and no test asked for it
+
+
 @pytest.fixture(scope="session")
 def shared_vllm():
-    pytest.importorskip("vllm", reason="the vllm extra is not installed (make test installs it)")
-    shared = SharedServer(*VLLM_FLAGS)
-    yield shared
-    shared.close()
+    """The session's vLLM server: ``shared_vllm.get()`` waits for it (or skips without vLLM)."""
+    yield SHARED_VLLM
+    SHARED_VLLM.close()
 
 
 @dataclass

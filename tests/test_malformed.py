@@ -37,10 +37,10 @@ NEEDS_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
 
 
 @pytest.fixture(scope="module", params=["builtin", pytest.param("vllm", marks=NEEDS_VLLM)])
-def server(request):
+def server(request, shared_vllm):
     if request.param == "vllm":
         # The session's vLLM server: the same limits (tests/conftest.py VLLM_FLAGS).
-        yield request.getfixturevalue("shared_vllm").get()
+        yield shared_vllm.get()
         return
     with ServerProcess(*LIMITS, "--engine", request.param) as s:
         s.wait_ready()
