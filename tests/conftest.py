@@ -123,6 +123,7 @@ class SharedServer:
         # ``extra``: the optional package the server needs; without it, its users skip.
         self.flags, self.extra, self.server = flags, extra, None
         self._starting: concurrent.futures.Future | None = None
+        self._early = None  # the process start_early spawned
 
     def _spawn(self):
         from offline.server_process import ServerProcess

@@ -12,9 +12,9 @@ PROGRAM = """
 import logging, sys
 from common.fast_exit import exit_now
 logging.basicConfig(stream=sys.stderr, format="%(message)s", level=logging.INFO)
-sys.stdout.write("x" * 200_000)          # more than a pipe holds: still buffered at exit
+sys.stdout.write("x" * 200_000)          # a long answer: it must arrive whole
 logging.getLogger("t").info("last log line")
-print("last stderr line", file=sys.stderr, end="")
+print("last stderr line", file=sys.stderr, end="")  # no newline: still in the buffer
 exit_now(int(sys.argv[1]))
 """
 
