@@ -218,6 +218,35 @@ def run_in_process(main, argv: list[str]) -> Run:
     return Run(code, out.getvalue(), err.getvalue())
 
 
+def status_codes_of_a_burst(call, n: int, timeout: float = 120) -> list[str]:
+    """Runs ``call()`` from ``n`` threads released together; returns each one's outcome: "OK", or
+    the gRPC status code's name when its message names ``--max-queued`` (the admission tests),
+    or the code and the whole message when it does not, so the caller's check on the codes
+    fails. (An assert inside the threads would only be printed.)"""
+    import threading
+
+    import grpc
+
+    codes, gate = [], threading.Barrier(n)
+
+    def one():
+        gate.wait()
+        try:
+            call()
+            codes.append("OK")
+        except grpc.RpcError as e:
+            details = e.details() or ""
+            codes.append(e.code().name if "--max-queued" in details
+                         else f"{e.code().name}: {details}")
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return codes
+
+
 def edge_agent_in_process(*argv) -> Run:
     """``edge-agent ARGV`` in this process (edge_agent.cli.main)."""
     from edge_agent.cli import main

@@ -4,13 +4,13 @@ succeeds after it. Plus overload (bounded queue) and the server-side deadline.""
 
 import importlib.util
 import io
-import threading
 
 import grpc
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import status_codes_of_a_burst
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common.llava_io import open_image
@@ -205,22 +205,7 @@ def test_a_full_queue_gets_resource_exhausted_and_nothing_else(valid):
     with ServerProcess("--max-batch-size", "1", "--max-queued", "1") as server:
         server.wait_ready()
         stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(server.address))
-        codes, gate = [], threading.Barrier(12)
-
-        def ask():
-            gate.wait()
-            try:
-                _send(stub, "codes", valid[A])
-                codes.append("OK")
-            except grpc.RpcError as e:
-                codes.append(e.code().name)
-                assert "--max-queued" in e.details()
-
-        threads = [threading.Thread(target=ask) for _ in range(12)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        codes = status_codes_of_a_burst(lambda: _send(stub, "codes", valid[A]), 12, timeout=60)
         assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
         assert _send(stub, "codes", valid[A])[-1].summary.answer
 

@@ -24,7 +24,7 @@ from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common.llava_io import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from common.pipeline import EdgeHalf
-from conftest import cli
+from conftest import cli, status_codes_of_a_burst
 from edge_agent.client import jpeg_upload
 
 pytestmark = [pytest.mark.integration,
@@ -160,22 +160,7 @@ def test_cancelling_aborts_the_request_in_vllm_and_frees_the_slot(vllm_server):
 def test_a_full_queue_gets_resource_exhausted_and_nothing_else(vllm_server):
     stub = stub_of(vllm_server)
     messages = _messages()
-    codes, gate = [], threading.Barrier(24)
-
-    def one():
-        gate.wait()
-        try:
-            ask(stub, messages)
-            codes.append("OK")
-        except grpc.RpcError as e:
-            codes.append(e.code().name)
-            assert "--max-queued" in e.details()
-
-    threads = [threading.Thread(target=one) for _ in range(24)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    codes = status_codes_of_a_burst(lambda: ask(stub, messages), 24)
     assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
     assert ask(stub, messages)[1].answer
 
