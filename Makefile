@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(PY) -m offline.demo
+	$(PY) -m alignedvq.demo
 
 # Everything: unit and integration tests (real servers, subprocesses, the wheel build).
 test: install $(VENV)/.vllm-installed
@@ -45,12 +45,12 @@ test-fast: install
 # so they are removed (pip check will name them; nothing imports them). So is triton (1 GB,
 # declared by xgrammar): vLLM's CPU backend disables it, and while it is installed every torch
 # process that imports torch._dynamo imports it too (the torch edge peaked at 627 MB instead of
-# 505 MB). PyPI's torchvision is a CUDA build too: common/torchvision_cpu.py makes it importable
+# 505 MB). PyPI's torchvision is a CUDA build too: common/_runtime/torchvision_cpu.py makes it importable
 # (README "Installing the vLLM engine").
 $(VENV)/.vllm-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test,bench,vllm]' torch==$(TORCH_VERSION)
 	$(PY) -m pip uninstall --quiet --yes torchaudio torchcodec triton
-	$(PY) -c "from common.torchvision_cpu import write_pth; print('wrote', write_pth())"
+	$(PY) -c "from common._runtime.torchvision_cpu import write_pth; print('wrote', write_pth())"
 	$(PY) -c "import common, torchvision, vllm.model_executor.models.llava"
 	touch $@
 
@@ -58,7 +58,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info $(NODE_CLIENT)/node_modules
 
 proto: install
-	$(PY) -m common.protogen
+	$(PY) -m alignedvq.protogen
 
 # The benchmark report (README "Benchmarks"): trains one codec per rate (cached in BENCH_OUT, so
 # a rerun skips them), then accuracy, bytes, emulated-link latency and the 7B-geometry script.

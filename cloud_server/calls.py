@@ -5,7 +5,7 @@
   and the size of each message as it arrived on the wire is recorded (``Call.received``: what
   ``AnswerSummary.payload_bytes`` reports, not a re-encoding);
 * authentication (``--auth-token-file``) for the inference service;
-* domain errors (``common.errors``) mapped to status codes by the one table, ``status_for``;
+* domain errors (``cloud_server.errors``) mapped to status codes by the one table, ``status_for``;
 * for the inference service, one log line and one ``alignedvq_requests_total`` count per call,
   however it ends, auth refusals included.
 
@@ -27,8 +27,8 @@ from typing import Callable
 import grpc
 
 from cloud_server.metrics import Metrics
-from common.errors import InvalidRequest, ServiceError, status_for
-from common.request_ids import METADATA_KEY, is_valid, new_request_id
+from cloud_server.errors import InvalidRequest, ServiceError, status_for
+from common.wire.request_ids import METADATA_KEY, is_valid, new_request_id
 
 log = logging.getLogger("cloud_server")
 

@@ -8,7 +8,7 @@ import os
 
 from pydantic import BaseModel, Field
 
-from common.llava_io import default_device
+from common.split.checkpoint import default_device
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
 
 ENV_PREFIX = "ALIGNEDVQ_"

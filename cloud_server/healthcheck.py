@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     tls = bool(args.tls_ca or args.tls_cert or args.tls_server_name
                or os.environ.get("ALIGNEDVQ_TLS_CERT"))
     try:
-        # The edge's channel: the same TLS options and name override; it imports no model
+        # The channel the edge opens (the same TLS options and name override); it imports no model
         # code (no torch), and this runs every few seconds.
-        from edge_agent.client import channel
+        from common.wire.channels import channel
 
         with channel(args.address, tls=tls, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
                      tls_key=args.tls_key, tls_server_name=args.tls_server_name) as ch:

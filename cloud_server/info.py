@@ -6,7 +6,9 @@ from __future__ import annotations
 from alignedvq.v1 import inference_pb2 as pb
 from cloud_server.config import ServerConfig
 from cloud_server.loader import CloudModel
-from common.features import FEATURE_MODES, fingerprint_bytes, wire_of_mode
+from common.wire.modes import FEATURE_MODES
+from common.wire.messages import fingerprint_bytes
+from common.codec.encodings import wire_of_mode
 
 
 def server_info(model: CloudModel, config: ServerConfig) -> pb.GetServerInfoResponse:

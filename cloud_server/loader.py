@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from cloud_server.config import ServerConfig
-from common.llava_io import load_image_processor
-from common.pipeline import CloudHalf
-from common.projector_half import ProjectorHalf
-from common.split import EdgeVision
+from common.split.checkpoint import load_image_processor
+from cloud_server.cloud_half import CloudHalf
+from cloud_server.projector_half import ProjectorHalf
+from common.split.vision import EdgeVision
 
 
 @dataclass

@@ -10,10 +10,10 @@ from typing import Callable
 import torch
 
 from cloud_server.loader import CloudModel
-from common.errors import InvalidRequest
-from common.features import PayloadError
-from common.images import ImageRefused, load_model_input, processor_size
-from common.split import features_at_cut
+from cloud_server.errors import InvalidRequest
+from common.codec.encodings import PayloadError
+from common.imaging.policy import ImageRefused, load_model_input, processor_size
+from common.split.vision import features_at_cut
 
 
 class Preparer:
@@ -43,7 +43,7 @@ class Preparer:
             raise InvalidRequest("the image is empty; send JPEG or PNG bytes")
         processor = self.model.image_processor
         try:
-            # The edge's image policy (common/images.py): the same refusals, conversions and
+            # The edge's image policy (common/imaging/policy.py): the same refusals, conversions and
             # crop, in bounded memory, so both modes see the same pixels.
             image = load_model_input(data, processor_size(processor), self.max_image_pixels)
         except ImageRefused as e:

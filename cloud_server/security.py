@@ -27,7 +27,7 @@ from typing import Callable
 
 import grpc
 
-from common.errors import Unauthenticated
+from cloud_server.errors import Unauthenticated
 
 log = logging.getLogger("cloud_server")
 

@@ -23,7 +23,8 @@ from cloud_server.logs import configure as configure_logging
 from cloud_server.metrics import Metrics
 from cloud_server.security import SecurityConfigError, ServerSecurity
 from cloud_server.service import Backend, InferenceService
-from common.fast_exit import exit_now
+from common._runtime.fast_exit import exit_now
+from common._runtime.torchvision_cpu import install_import_hook
 
 log = logging.getLogger("cloud_server")
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: ServerConfig) -> int:
+    install_import_hook()  # before any transformers import (common/_runtime/torchvision_cpu.py)
     configure_logging(config.log_format)
     try:
         import uvloop
@@ -128,7 +130,7 @@ def run(config: ServerConfig) -> int:
 
 
 def console_main() -> None:
-    """The ``cloud-server`` command: ends as soon as the drain is done (common.fast_exit),
+    """The ``cloud-server`` command: ends as soon as the drain is done (common._runtime.fast_exit),
     except after the vLLM engine, whose exit handlers clean up after its engine core."""
     config = ServerConfig.from_args(sys.argv[1:])
     code = run(config)

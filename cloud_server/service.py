@@ -26,7 +26,7 @@ from cloud_server.loader import CloudModel
 from cloud_server.metrics import Metrics
 from cloud_server.prepare import Preparer
 from cloud_server.validation import CodesReader, RequestValidator, Validated
-from common.errors import DeadlineExceeded, NotReady
+from cloud_server.errors import DeadlineExceeded, NotReady
 
 
 @dataclass

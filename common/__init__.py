@@ -1,6 +1,4 @@
-# PyPI's torchvision (a CUDA build on x86_64) does not import beside a CPU torch; transformers'
-# image processors and vLLM need it importable. An import hook, free until torchvision is
-# imported; see common/torchvision_cpu.py.
-from common.torchvision_cpu import install_import_hook as _install_torchvision_hook
-
-_install_torchvision_hook()
+"""What both halves run: the wire format (``wire``, torch-free), the image policy (``imaging``,
+torch-free), the AlignedVQ codec and feature encodings (``codec``), the split of a checkpoint
+(``split``), the shipped model as package data (``models/``, found through ``paths``) and
+process-level fixes (``_runtime``). Importing it imports nothing heavy."""

@@ -18,14 +18,14 @@ from pathlib import Path
 import grpc
 
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.fast_exit import exit_now
-from common.modes import ALIGNEDVQ, EDGE_MODES, FEATURE_MODES, IMAGE_MODE
-from common.images import (DEFAULT_MAX_PIXELS, ImageRefused, check_image, checkpoint_image_size,
+from common._runtime.fast_exit import exit_now
+from common.wire.modes import ALIGNEDVQ, EDGE_MODES, FEATURE_MODES, IMAGE_MODE
+from common.imaging.policy import (DEFAULT_MAX_PIXELS, ImageRefused, check_image, checkpoint_image_size,
                            load_model_input)
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_EDGE_DIR, DEFAULT_MODEL_DIR
-from common.request_ids import METADATA_KEY, is_valid, new_request_id
-from edge_agent.client import (IncompatibleServer, ask_with_codes, ask_with_image, auth_metadata,
-                               channel, check_compatible, grpc_target, read_token, server_info)
+from common.wire.request_ids import METADATA_KEY, is_valid, new_request_id
+from edge_agent.client import (IncompatibleServer, ask_with_codes, ask_with_image, auth_metadata, check_compatible, read_token, server_info)
+from common.wire.channels import channel, grpc_target
 from edge_agent.retry import (ConnectionRefusedByServer, Retrying, channel_ready,
                               listener_accepts)
 
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_onnx_edge(onnx_dir: str, threads: int = 0):
     """The ONNX edge, or None after printing why not (a missing export says how to make one)."""
-    from common.edge_spec import EdgeExportMissing
+    from edge_agent.edge_spec import EdgeExportMissing
     from edge_agent.onnx_edge import OnnxEdge
 
     try:
@@ -183,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             import torch
 
-            from common.llava_io import default_device
-            from common.pipeline import EdgeHalf
+            from common.split.checkpoint import default_device
+            from edge_agent.torch_edge import EdgeHalf
 
             device = default_device() if args.device == "auto" else args.device
             edge = EdgeHalf(args.model, args.codec if args.mode == ALIGNEDVQ else None,
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console_main() -> None:
-    """The ``edge-agent`` command: ends as soon as the answer is out (common.fast_exit)."""
+    """The ``edge-agent`` command: ends as soon as the answer is out (common._runtime.fast_exit)."""
     exit_now(main())
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
 import itertools
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +12,8 @@ from PIL import Image
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.images import jpeg_baseline
-from common.wire import fingerprint_bytes
+from common.imaging.policy import jpeg_baseline
+from common.wire.messages import fingerprint_bytes
 
 
 class IncompatibleServer(RuntimeError):
@@ -58,7 +56,7 @@ def check_compatible(info: pb.GetServerInfoResponse, edge) -> None:
 
 def jpeg_upload(image: Image.Image, size: int, quality: int) -> bytes:
     """The paper's baseline: exactly the square the model sees, JPEG-encoded
-    (:func:`common.images.jpeg_baseline`)."""
+    (:func:`common.imaging.policy.jpeg_baseline`)."""
     return jpeg_baseline(image, size, quality)
 
 
@@ -129,49 +127,6 @@ def ask_with_image(stub: pb_grpc.InferenceServiceStub, image: Image.Image, quest
     return _finish(result, responses, started, on_delta)
 
 
-ROUND_ROBIN = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
-
-
-def _split_host_port(address: str) -> tuple[str, str]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"{address!r} in the server list is not HOST:PORT")
-    return host.strip("[]"), port
-
-
-def grpc_target(server: str) -> str:
-    """``--server`` as a gRPC target.
-
-    One address or any gRPC target (``dns:///name:port``, ``ipv4:...``, ``unix:...``) passes
-    through; a comma-separated list of IP:PORT becomes an ``ipv4:``/``ipv6:`` multi-address
-    target, which round_robin spreads calls over. (Names in a list are refused: the
-    ``ipv4:``/``ipv6:`` schemes take literal addresses; use ``dns:///name:port`` for a name
-    that resolves to several replicas.)"""
-    server = server.strip()
-    if "," not in server or server.startswith(("ipv4:", "ipv6:")) or "://" in server:
-        return server
-    addresses = [a.strip() for a in server.split(",") if a.strip()]
-    families = set()
-    for address in addresses:
-        host, _ = _split_host_port(address)
-        try:
-            families.add(ipaddress.ip_address(host).version)
-        except ValueError:
-            raise ValueError(f"{host!r} in the server list is not an IP address; list IP:PORT "
-                             f"pairs, or give one dns:///NAME:PORT that resolves to all "
-                             f"replicas") from None
-    if len(families) > 1:
-        raise ValueError("the server list mixes IPv4 and IPv6 addresses; gRPC needs one family "
-                         "per target")
-    if families == {6}:
-        bracketed = []
-        for address in addresses:
-            host, port = _split_host_port(address)
-            bracketed.append(f"[{host}]:{port}")
-        return "ipv6:" + ",".join(bracketed)
-    return "ipv4:" + ",".join(addresses)
-
-
 def read_token(path: str | Path) -> str:
     """The first token of a token file (same format as the server's ``--auth-token-file``:
     one per line, blank lines and ``#`` comments ignored)."""
@@ -195,48 +150,3 @@ def server_info(stub: pb_grpc.InferenceServiceStub, timeout: float | None = None
         return stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=seconds, metadata=metadata)
 
     return retry(attempt) if retry is not None else attempt(timeout)
-
-
-def _tls_name(target: str) -> str | None:
-    """The name a multi-address target's certificates are checked against: its first host
-    (a replica set shares one certificate name). gRPC would otherwise check the whole
-    comma-joined list, which no certificate names."""
-    if not target.startswith(("ipv4:", "ipv6:")):
-        return None
-    first = target.split(":", 1)[1].split(",")[0]
-    return _split_host_port(first)[0]
-
-
-def channel(target: str, max_message_bytes: int = 8 * 1024 * 1024, *, tls: bool = False,
-            tls_ca: str | Path | None = None, tls_cert: str | Path | None = None,
-            tls_key: str | Path | None = None,
-            tls_server_name: str | None = None) -> grpc.Channel:
-    """A channel to ``target`` (anything :func:`grpc_target` takes) with round_robin load
-    balancing, so consecutive calls spread over every address the target resolves to.
-
-    TLS is on when ``tls`` is set (the health check against a TLS server, which may know no
-    CA of its own) or a ``tls_ca`` or ``tls_cert`` file is given: ``tls_ca`` verifies the
-    server (system roots when absent); ``tls_cert``/``tls_key`` present a client certificate
-    (mTLS). ``tls_server_name`` overrides the name the server certificate is checked against."""
-    if bool(tls_cert) != bool(tls_key):
-        raise ValueError("--tls-cert and --tls-key go together (the client certificate and its "
-                         "private key)")
-    target = grpc_target(target)
-    options = [("grpc.max_send_message_length", max_message_bytes),
-               ("grpc.max_receive_message_length", max_message_bytes),
-               # gRPC's reconnect backoff grows to 120 s by default; a client waiting for a
-               # server that is starting should notice it within a second or two.
-               ("grpc.initial_reconnect_backoff_ms", 200),
-               ("grpc.min_reconnect_backoff_ms", 200),
-               ("grpc.max_reconnect_backoff_ms", 2000),
-               ("grpc.service_config", ROUND_ROBIN)]
-    if not (tls or tls_ca or tls_cert):
-        return grpc.insecure_channel(target, options=options)
-    name = tls_server_name or _tls_name(target)
-    if name:
-        options.append(("grpc.ssl_target_name_override", name))
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=Path(tls_ca).read_bytes() if tls_ca else None,
-        private_key=Path(tls_key).read_bytes() if tls_key else None,
-        certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None)
-    return grpc.secure_channel(target, credentials, options=options)

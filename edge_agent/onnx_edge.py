@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from alignedvq.v1 import inference_pb2 as pb
-from common.clip_preprocess import preprocess
-from common.edge_spec import EdgeSpec
-from common.packing import pack
-from common.wire import codes_request_messages
+from edge_agent.clip_preprocess import preprocess
+from edge_agent.edge_spec import EdgeSpec
+from common.wire.packing import pack
+from common.wire.messages import codes_request_messages
 
 
 @dataclass(frozen=True)

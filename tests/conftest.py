@@ -74,7 +74,7 @@ def _unit_tests_start_no_process(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def embedded_model():
-    from common.llava_io import load_llava
+    from common.split.checkpoint import load_llava
 
     return load_llava(DEFAULT_MODEL_DIR)
 
@@ -98,7 +98,7 @@ def default_server():
     """One real ``cloud-server`` with default flags (embedded model, shipped codec), started
     once per test run and shared by every module that needs nothing else. Tests must leave it
     serving: ones that stop, drain or reconfigure a server start their own."""
-    from offline.server_process import ServerProcess
+    from alignedvq.server_process import ServerProcess
 
     with ServerProcess() as server:
         server.wait_ready()
@@ -126,7 +126,7 @@ class SharedServer:
         self._early = None  # the process start_early spawned
 
     def _spawn(self):
-        from offline.server_process import ServerProcess
+        from alignedvq.server_process import ServerProcess
 
         return ServerProcess(*self.flags, wait=False)
 
@@ -259,7 +259,7 @@ def edge_agent_in_process(*argv) -> Run:
 @pytest.fixture(scope="session")
 def test_split(tmp_path_factory) -> Path:
     """A fresh 60-question ShapesVQA test split (seed 2), shared by the evaluation tests."""
-    from common.shapes_vqa import write_dataset
+    from alignedvq.data.shapes_vqa import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("test-split"), 60, seed=2, progress=False)
 
@@ -269,7 +269,7 @@ def original_eval(test_split) -> dict:
     """``alignedvq eval --dataset SPLIT --json --batch-size 32`` (the original model), run once
     per session in this process: tests/test_eval.py checks it, tests/test_codec.py compares the
     codec's accuracy with it."""
-    from offline.cli import main
+    from alignedvq.cli import main
 
     out = run_in_process(main, ["eval", "--dataset", test_split, "--json", "--batch-size", "32"])
     assert out.returncode == 0, out.stderr

@@ -14,12 +14,13 @@ from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from cloud_server.engines.base import Finished
 from cloud_server.engines.batching import BatchDecoder, Row
 from cloud_server.engines.scheduler import Job, Scheduler
-from common.errors import InvalidRequest, Overloaded
-from common.llava_io import open_image
+from cloud_server.errors import InvalidRequest, Overloaded
+from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
-from common.pipeline import CloudHalf, EdgeHalf
+from cloud_server.cloud_half import CloudHalf
+from edge_agent.torch_edge import EdgeHalf
 from edge_agent.client import jpeg_upload
-from offline.server_process import ServerProcess
+from alignedvq.server_process import ServerProcess
 
 ROWS = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text().splitlines()]
 # Question lengths from 2 to ~25 words, so rows are padded differently.

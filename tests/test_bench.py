@@ -20,7 +20,7 @@ def _positive(value) -> bool:
 
 @pytest.mark.integration
 def test_bench_quick_writes_report(tmp_path):
-    from benchmarks.rate_accuracy import Budget
+    from alignedvq.benchmarks.rate_accuracy import Budget
 
     out = tmp_path / "bench"
     done = subprocess.run([*cli("alignedvq"), "bench", "--quick", "--out", str(out), "--json"],
@@ -85,7 +85,7 @@ def test_bench_quick_writes_report(tmp_path):
 
 
 def test_gpu_script_shrunken_config(capsys):
-    from benchmarks.gpu_geometry import main
+    from alignedvq.benchmarks.gpu_geometry import main
 
     assert main(["--shrink", "--device", "cpu", "--repeats", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -97,7 +97,7 @@ def test_gpu_script_shrunken_config(capsys):
 def test_gpu_script_without_gpu_prints_the_command(capsys):
     import torch
 
-    from benchmarks.gpu_geometry import main
+    from alignedvq.benchmarks.gpu_geometry import main
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the full script would run")
@@ -110,7 +110,7 @@ def test_proxy_link_delivers_bytes_in_order():
     faster than its one-way delay allows."""
     import time
 
-    from benchmarks.netlink import ProxyLink
+    from alignedvq.benchmarks.netlink import ProxyLink
 
     received = []
 
@@ -148,10 +148,10 @@ def test_eval_image_mode_counts_the_upload():
     """The cloud-only reference point of the report: ``eval --mode image`` answers from the
     decoded JPEG-90 and counts exactly the upload ``edge-agent --mode image`` sends."""
     from alignedvq.v1 import inference_pb2 as pb
-    from common.llava_io import open_image
+    from common.imaging.policy import open_image
     from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
     from edge_agent.client import jpeg_upload
-    from offline.evaluate import evaluate
+    from alignedvq.evaluation.evaluate import evaluate
 
     questions = SAMPLES_DIR / "questions.jsonl"
     result = evaluate(DEFAULT_MODEL_DIR, questions, mode="image", progress=False)
@@ -169,7 +169,7 @@ def test_eval_accepts_the_image_modes_old_name():
     """Scripts written when ``eval`` called the cloud-only baseline ``jpeg`` still run it, and
     the result carries today's name, the one ``edge-agent --mode`` uses."""
     from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
-    from offline.evaluate import evaluate
+    from alignedvq.evaluation.evaluate import evaluate
 
     result = evaluate(DEFAULT_MODEL_DIR, SAMPLES_DIR / "questions.jsonl", limit=1, mode="jpeg",
                       progress=False)

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from conftest import run_in_process
-from offline.cli import main as alignedvq
+from alignedvq.cli import main as alignedvq
 
 pytestmark = pytest.mark.integration  # the bench commands start servers
 

@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
-from common.answers import is_correct
-from common.llava_io import answer_batch, build_prompt, open_image
+from alignedvq.evaluation.answers import is_correct
+from alignedvq.evaluation.evaluate import answer_batch
+from common.split.checkpoint import build_prompt
+from common.imaging.policy import open_image
 from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
 
 
@@ -60,7 +62,7 @@ def test_saved_in_the_llava15_hf_key_layout(tmp_path):
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from training.checkpoint_layout import rewrite_to_llava15_layout
+    from alignedvq.training.checkpoint_layout import rewrite_to_llava15_layout
 
     with safe_open(str(DEFAULT_MODEL_DIR / "model.safetensors"), framework="pt") as f:
         keys = list(f.keys())

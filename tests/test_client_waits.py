@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from offline.server_process import ServerProcess
+from alignedvq.server_process import ServerProcess
 from common.paths import SAMPLES_DIR
 from conftest import cli
 from edge_agent.cli import main

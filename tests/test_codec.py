@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from alignedvq.v1 import inference_pb2 as pb
-from common.codec import AlignedVQ, CodecConfig, CodecMismatchError
-from common.features import (AlignedVQEncoding, Fp16Encoding, Int8Encoding, PayloadError,
-                             request_messages)
+from common.codec.aligned_vq import AlignedVQ, CodecConfig, CodecMismatchError
+from common.codec.encodings import (AlignedVQEncoding, Fp16Encoding, Int8Encoding, PayloadError, request_messages)
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
-from common.shapes_vqa import write_dataset
-from common.split import SplitPoint, vision_fingerprint
+from alignedvq.data.shapes_vqa import write_dataset
+from common.split.point import SplitPoint
+from common.split.weights import vision_fingerprint
 from conftest import run_in_process
-from offline.cli import main as alignedvq
+from alignedvq.cli import main as alignedvq
 
 
 def small_codec(bits=6, stages=2, dim=16, tokens=10):

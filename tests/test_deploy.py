@@ -162,7 +162,7 @@ def test_dockerignore_keeps_local_state_out():
                 "common/__pycache__/paths.cpython-311.pyc", "alignedvq.egg-info/PKG-INFO",
                 "runs/log.txt"):
         assert ignored(rel, patterns), rel
-    for rel in ("pyproject.toml", "common/paths.py", "models/tiny-llava/model.safetensors",
+    for rel in ("pyproject.toml", "common/paths.py", "common/models/tiny-llava/model.safetensors",
                 "protos/alignedvq/v1/inference.proto"):
         assert not ignored(rel, patterns), rel
 
@@ -299,7 +299,7 @@ def test_installed_copy_serves_passes_healthcheck_and_answers_the_compose_questi
         question = args[args.index("--question") + 1]
         expected = [q["answer"] for q in QUESTIONS
                     if q["question"] == question and (SAMPLES_DIR / q["image"]).resolve() == local]
-        assert expected, "compose.yaml's question is not one of models/samples/questions.jsonl"
+        assert expected, "compose.yaml's question is not one of common/models/samples/questions.jsonl"
         result = run([str(bin_dir / "edge-agent"), *args, "--json"], env=installed["env"],
                      cwd=installed["cwd"], timeout=180)
         assert result.returncode == 0, result.stderr

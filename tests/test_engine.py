@@ -11,10 +11,11 @@ import pytest
 from cloud_server.config import ServerConfig
 from cloud_server.engines.base import Finished, GenerationRequest
 from cloud_server.engines.builtin import BuiltinEngine
-from common.errors import InvalidRequest, Overloaded, ShuttingDown
-from common.llava_io import open_image
+from cloud_server.errors import InvalidRequest, Overloaded, ShuttingDown
+from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
-from common.pipeline import CloudHalf, EdgeHalf
+from cloud_server.cloud_half import CloudHalf
+from edge_agent.torch_edge import EdgeHalf
 
 QUESTION = "how many objects are there?"
 

@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from common.shapes_vqa import FAMILIES, write_dataset
+from alignedvq.data.shapes_vqa import FAMILIES, write_dataset
 from conftest import cli, run_in_process
-from offline.cli import main as alignedvq
+from alignedvq.cli import main as alignedvq
 
 
 def run_eval(*args):

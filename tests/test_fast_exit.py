@@ -1,4 +1,4 @@
-"""The console scripts end with ``common.fast_exit.exit_now`` instead of Python's interpreter
+"""The console scripts end with ``common._runtime.fast_exit.exit_now`` instead of Python's interpreter
 teardown: nothing written may be lost on the way out, and the exit status must be main's."""
 
 import subprocess
@@ -10,7 +10,7 @@ pytestmark = pytest.mark.integration  # the point is what a real process leaves 
 
 PROGRAM = """
 import logging, sys
-from common.fast_exit import exit_now
+from common._runtime.fast_exit import exit_now
 logging.basicConfig(stream=sys.stderr, format="%(message)s", level=logging.INFO)
 sys.stdout.write("x" * 200_000)          # a long answer: it must arrive whole
 logging.getLogger("t").info("last log line")

@@ -13,9 +13,9 @@ from cloud_server import loader
 from cloud_server.config import ServerConfig
 from cloud_server.prepare import Preparer
 from cloud_server.validation import CodesReader, RequestValidator
-from common.errors import Incompatible, InvalidRequest, ServiceError
-from common.features import fingerprint_bytes
-from common.packing import PackingError, unpack
+from cloud_server.errors import Incompatible, InvalidRequest, ServiceError
+from common.wire.messages import fingerprint_bytes
+from common.wire.packing import PackingError, unpack
 from conftest import examples
 
 DOCUMENTED = (InvalidRequest, Incompatible)

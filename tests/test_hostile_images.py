@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.images import ImageRefused, model_square, open_image
+from common.imaging.policy import ImageRefused, model_square, open_image
 from common.paths import SAMPLES_DIR
 from conftest import cli
 

@@ -13,11 +13,11 @@ from PIL import Image
 from conftest import status_codes_of_a_burst
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.llava_io import open_image
+from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
-from common.pipeline import EdgeHalf
+from edge_agent.torch_edge import EdgeHalf
 from edge_agent.client import jpeg_upload
-from offline.server_process import ServerProcess
+from alignedvq.server_process import ServerProcess
 
 pytestmark = pytest.mark.integration  # real servers or processes
 

@@ -19,7 +19,7 @@ import pytest
 from alignedvq.v1 import inference_pb2 as pb
 from common.paths import REPO_ROOT, SAMPLES_DIR
 from conftest import cli
-from offline.server_process import ServerProcess
+from alignedvq.server_process import ServerProcess
 from test_security import make_pki  # throwaway CA + server certificate for 127.0.0.1
 
 CLIENT_DIR = REPO_ROOT / "examples" / "node-client"
@@ -83,7 +83,7 @@ def test_replayed_codes_give_the_python_edges_answer(server, token_file, codes_p
                          "--json", "--auth-token-file", str(token_file))
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
-    assert edge["answer"] == "bottom"  # models/samples/questions.jsonl
+    assert edge["answer"] == "bottom"  # common/models/samples/questions.jsonl
     assert out["answer"] == edge["answer"]
     assert out["streamed_text"].strip() == edge["answer"]
     # Byte for byte the Python edge's request: the same serialised size on both ends.

@@ -26,7 +26,7 @@ import pytest
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.packing import unpack
+from common.wire.packing import unpack
 from common.paths import REPO_ROOT, SAMPLES_DIR
 
 CLIENT_DIR = REPO_ROOT / "examples" / "node-client"

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.clip_preprocess import preprocess
-from common.edge_spec import EdgeSpec
-from common.images import open_image
+from edge_agent.clip_preprocess import preprocess
+from edge_agent.edge_spec import EdgeSpec
+from common.imaging.policy import open_image
 from common.paths import REPO_ROOT, SAMPLES_DIR
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (make install)")

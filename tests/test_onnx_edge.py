@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from alignedvq.v1 import inference_pb2 as pb
-from common.clip_preprocess import preprocess
-from common.edge_spec import EdgeSpec, Preprocess
-from common.images import open_image
+from edge_agent.clip_preprocess import preprocess
+from edge_agent.edge_spec import EdgeSpec, Preprocess
+from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 
 pytestmark = pytest.mark.integration  # real servers or processes
@@ -30,7 +30,7 @@ IMAGES = sorted({r["image"] for r in ROWS})
 
 @pytest.fixture(scope="module")
 def torch_edge():
-    from common.pipeline import EdgeHalf
+    from edge_agent.torch_edge import EdgeHalf
 
     return EdgeHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR)
 
@@ -85,7 +85,7 @@ def test_validation_refuses_a_graph_that_disagrees(exported_edge, torch_edge):
 
     import torch
 
-    from common.edge_export import EdgeExportError, validate
+    from alignedvq.edge_export import EdgeExportError, validate
 
     other = copy.deepcopy(torch_edge.codec)
     with torch.no_grad():
@@ -153,8 +153,8 @@ def test_export_edge_cli_reports_its_check(exported_edge):
 def test_7b_geometry_exports_shrunk(tmp_path):
     """llava-1.5-7b's edge structure (CLIP ViT-L/14-336 cut at layer 23 of 24, CLS dropped,
     quick_gelu) at toy width: the same export and check; the full size is in `bench edge`."""
-    from benchmarks.edge_geometry import geometry_edge
-    from common.edge_export import write_edge
+    from alignedvq.benchmarks.edge_geometry import geometry_edge
+    from alignedvq.edge_export import write_edge
     from edge_agent.onnx_edge import OnnxEdge
 
     vision, codec, pre = geometry_edge(shrink=True)
@@ -176,7 +176,7 @@ def test_7b_geometry_exports_shrunk(tmp_path):
 def test_compare_edges_on_the_samples(exported_edge, server):
     """`alignedvq compare-edges` (the 600-image evaluation in the README) on the 8 sample
     questions, against the module's server."""
-    from offline.edge_agreement import compare_edges
+    from alignedvq.evaluation.edge_agreement import compare_edges
 
     r = compare_edges(SAMPLES_DIR / "questions.jsonl", exported_edge, DEFAULT_MODEL_DIR,
                       DEFAULT_CODEC_DIR, server=server.address)

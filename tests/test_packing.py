@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.packing import PackingError, pack, packed_size, unpack
+from common.wire.packing import PackingError, pack, packed_size, unpack
 from conftest import examples
 
 

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from common.paths import REPO_ROOT
-from common.protogen import generate
+from alignedvq.protogen import generate
 
 
 def test_committed_stubs_are_up_to_date(tmp_path):

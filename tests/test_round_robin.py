@@ -9,10 +9,11 @@ import pytest
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.llava_io import open_image
+from common.imaging.policy import open_image
 from common.paths import SAMPLES_DIR
-from edge_agent.client import channel, grpc_target, jpeg_upload
-from offline.server_process import ServerProcess
+from common.wire.channels import channel, grpc_target
+from edge_agent.client import jpeg_upload
+from alignedvq.server_process import ServerProcess
 
 IMAGE = SAMPLES_DIR / "images" / "sample2.png"
 # The servicer's per-call log line for a successful AnswerFromImage ("AnswerFromImage OK ...";

@@ -31,11 +31,12 @@ from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from cloud_server.config import ServerConfig
 from cloud_server.security import SecurityConfigError, ServerSecurity, parse_tokens
-from common.llava_io import open_image
+from common.imaging.policy import open_image
 from common.paths import SAMPLES_DIR
 from conftest import cli, edge_agent_in_process
-from edge_agent.client import auth_metadata, channel, jpeg_upload
-from offline.server_process import ServerProcess
+from edge_agent.client import auth_metadata, jpeg_upload
+from common.wire.channels import channel
+from alignedvq.server_process import ServerProcess
 
 IMAGE = SAMPLES_DIR / "images" / "sample2.png"
 QUESTION = "how many objects are there?"

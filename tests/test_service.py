@@ -11,12 +11,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.llava_io import answer_batch, load_llava, open_image
+from alignedvq.evaluation.evaluate import answer_batch
+from common.split.checkpoint import load_llava
+from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
-from common.pipeline import CloudHalf, EdgeHalf
+from cloud_server.cloud_half import CloudHalf
+from edge_agent.torch_edge import EdgeHalf
 from conftest import cli, edge_agent_in_process
 from edge_agent.client import jpeg_upload
-from offline.server_process import ServerProcess
+from alignedvq.server_process import ServerProcess
 
 pytestmark = pytest.mark.integration  # real cloud-server processes
 
@@ -181,7 +184,7 @@ def test_mismatched_codec_is_refused_at_the_edge_too(server, tmp_path):
 
     codec = tmp_path / "codec"
     shutil.copytree(DEFAULT_CODEC_DIR, codec)
-    from common.codec import AlignedVQ
+    from common.codec.aligned_vq import AlignedVQ
 
     c = AlignedVQ.load(codec)
     with __import__("torch").no_grad():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common import shapes_vqa as spec
+from alignedvq.data import shapes_vqa as spec
 
 TEMPLATES = {
     "shape": re.compile(r"^what shape is the (red|green|blue|yellow|purple|orange) object\?$"),

@@ -4,10 +4,13 @@ unchanged, edge + cloud compute exactly what the monolithic model computes."""
 import pytest
 import torch
 
-from common.llava_io import build_prompt, load_llava, open_image
+from common.split.checkpoint import build_prompt, load_llava
+from common.imaging.policy import open_image
 from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
-from common.pipeline import CloudHalf, EdgeHalf
-from common.split import SplitError, SplitPoint, merge_image_tokens
+from cloud_server.cloud_half import CloudHalf
+from edge_agent.torch_edge import EdgeHalf
+from common.split.point import SplitError, SplitPoint
+from cloud_server.cloud_half import merge_image_tokens
 
 IMAGES = ["sample0.png", "sample1.png", "sample3.jpg"]
 QUESTIONS = ["what shape is the purple object?", "where is the green object?",

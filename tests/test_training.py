@@ -5,10 +5,10 @@ import random
 import numpy as np
 import torch
 
-from common import shapes_vqa as spec
-from common.llava_io import build_prompt
-from training import tiny_llava
-from training.train_model import (Phase, SequenceBuilder, build_pool, normalize,
+from alignedvq.data import shapes_vqa as spec
+from common.split.checkpoint import build_prompt
+from alignedvq.training import tiny_llava
+from alignedvq.training.train_model import (Phase, SequenceBuilder, build_pool, normalize,
                                   sample_questions, train)
 
 
@@ -48,7 +48,8 @@ def test_patch_labels_name_the_object_underneath():
 
 
 def test_a_short_training_run_saves_a_loadable_checkpoint(tmp_path):
-    from common.llava_io import answer_batch, load_llava
+    from alignedvq.evaluation.evaluate import answer_batch
+    from common.split.checkpoint import load_llava
 
     phases = (Phase("frozen vision", 1e-3, 6, 3, False, 0), Phase("end to end", 5e-4, 2, 2, True, 1))
     # 16 held-out images instead of the recipe's 256: the run checks the mechanics (phases,

@@ -21,9 +21,9 @@ import grpc
 import pytest
 
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.llava_io import open_image
+from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
-from common.pipeline import EdgeHalf
+from edge_agent.torch_edge import EdgeHalf
 from conftest import cli, status_codes_of_a_burst
 from edge_agent.client import jpeg_upload
 

@@ -20,9 +20,9 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from alignedvq.v1 import inference_pb2 as pb
-from common.llava_io import open_image
+from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
-from common.pipeline import EdgeHalf
+from edge_agent.torch_edge import EdgeHalf
 from edge_agent.client import jpeg_upload
 
 pytestmark = pytest.mark.integration  # real servers or processes

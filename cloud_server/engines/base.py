@@ -25,7 +25,7 @@ class GenerationRequest:
     # Produces the LLaVA image embeddings (projector output, shape (n_image_tokens, lm_hidden)),
     # i.e. what LlavaForConditionalGeneration.get_image_features returns for one image.
     # Runs OFF the event loop (the engine decides on which thread); may raise a
-    # common.errors.ServiceError (e.g. InvalidRequest for a bad payload).
+    # cloud_server.errors.ServiceError (e.g. InvalidRequest for a bad payload).
     prepare: Callable[[], torch.Tensor]
 
 
@@ -55,7 +55,7 @@ class GenerationEngine(abc.ABC):
     @abc.abstractmethod
     def stream(self, request: GenerationRequest) -> AsyncIterator[str | Finished]:
         """Admission is checked when this is CALLED (before the first await): raises
-        common.errors.Overloaded at --max-queued, ShuttingDown while draining.
+        cloud_server.errors.Overloaded at --max-queued, ShuttingDown while draining.
 
         Yields text deltas (str, concatenating to the answer), then exactly one Finished, with
         greedy decoding. If the consumer stops iterating (aclose(), cancellation, deadline), the

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from common.split import merge_image_tokens
+from cloud_server.cloud_half import merge_image_tokens
 
 
 @dataclass

@@ -16,7 +16,7 @@ from cloud_server.engines.base import (EngineStats, Finished, GenerationEngine,
                                        GenerationRequest)
 from cloud_server.engines.batching import Row
 from cloud_server.engines.scheduler import Job, Scheduler
-from common.pipeline import CloudHalf
+from cloud_server.cloud_half import CloudHalf
 
 
 class RequestStream:

@@ -27,7 +27,7 @@ import torch
 
 from cloud_server.engines.base import Finished
 from cloud_server.engines.batching import BatchDecoder, Row
-from common.errors import Overloaded, ServiceError, ShuttingDown
+from cloud_server.errors import Overloaded, ServiceError, ShuttingDown
 
 log = logging.getLogger("cloud_server")
 

@@ -33,8 +33,8 @@ import torch
 
 from cloud_server.engines.base import (EngineStats, Finished, GenerationEngine,
                                        GenerationRequest)
-from common.errors import Overloaded, ShuttingDown
-from common.llava_io import build_prompt
+from cloud_server.errors import Overloaded, ShuttingDown
+from common.split.checkpoint import build_prompt
 
 # Imported here, not lazily: `cloud-server --engine vllm` must fail at start-up, before anything
 # loads, when vLLM is missing (cloud_server/engines/__init__.py reports the extra to install).

@@ -26,7 +26,7 @@ const {
 const PROG = "edge.js";
 const REPO = path.resolve(__dirname, "..", "..");
 const DEFAULT_PROTOS = path.join(REPO, "protos");
-const DEFAULT_ONNX_DIR = path.join(REPO, "models", "tiny-llava-edge");
+const DEFAULT_ONNX_DIR = path.join(REPO, "common", "models", "tiny-llava-edge");
 const METHOD = "/alignedvq.v1.InferenceService/AnswerFromCodes";
 
 const USAGE = `usage: node ${PROG} --image FILE --question TEXT [options]
@@ -35,7 +35,7 @@ const USAGE = `usage: node ${PROG} --image FILE --question TEXT [options]
   --question TEXT         the question, in the model's language
   --server TARGET         cloud server HOST:PORT or any gRPC target (default 127.0.0.1:50051)
   --onnx-dir DIR          what \`alignedvq export-edge --out DIR\` wrote: edge.onnx + edge.json
-                          (default: the repository's models/tiny-llava-edge)
+                          (default: the repository's common/models/tiny-llava-edge)
   --max-new-tokens N      0 = the server's default
   --json                  print one JSON object at the end instead of streaming text
   --dump-payload FILE     write the request messages (JSON, base64), as edge-agent --dump-payload
@@ -68,7 +68,7 @@ function parseArgs(argv) {
   return opts;
 }
 
-// edge.json, the graph's sidecar (common/edge_spec.py).
+// edge.json, the graph's sidecar (edge_agent/edge_spec.py).
 function readSpec(dir) {
   const file = path.join(dir, "edge.json");
   if (!fs.existsSync(file)) {

@@ -1,4 +1,4 @@
-// Reading an image the way the Python edges do (common/images.py): RGB, alpha flattened onto
+// Reading an image the way the Python edges do (common/imaging/policy.py): RGB, alpha flattened onto
 // white with Pillow's rounding. PNG via pngjs, JPEG via jpeg-js (pure JavaScript decoders).
 //
 // PNG decoding is exact, so a PNG gives the Python edge's pixels bit for bit. JPEG decoders are

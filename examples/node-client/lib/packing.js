@@ -1,4 +1,4 @@
-// Packing codebook indices as protos/README.md specifies (common/packing.py in Python): each
+// Packing codebook indices as protos/README.md specifies (common/wire/packing.py in Python): each
 // index as exactly `bits` bits, least-significant bit first; stream bit p is bit p % 8 of byte
 // p / 8; the last byte is zero-padded; ceil(count * bits / 8) bytes.
 

@@ -1,5 +1,5 @@
 // CLIP preprocessing in JavaScript, bit for bit as the Python ONNX edge does it
-// (common/clip_preprocess.py, itself equal to transformers' CLIPImageProcessorPil): the resize
+// (edge_agent/clip_preprocess.py, itself equal to transformers' CLIPImageProcessorPil): the resize
 // is a port of Pillow's Resample.c (8-bit fixed point, horizontal pass then vertical), the sizes
 // and offsets round as transformers does, and the arithmetic follows numpy's float32/float64.
 // The rule is also spelled out in the exported graph's edge.json ("preprocess.rule").

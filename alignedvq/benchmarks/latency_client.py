@@ -1,0 +1,85 @@
+"""The edge side of the latency benchmark, one long-lived process (inside the edge namespace when
+the link is emulated with namespaces).
+
+It loads the edge half once and keeps one gRPC channel open, so neither the model load nor the
+connection set-up is counted. Then it answers commands on stdin, one JSON object a line:
+``{"repeats": N}`` -> one JSON line with N requests per mode, modes interleaved (the order rotates
+each repeat, so neither path always runs first). Every request is the real client library call
+(``ask_with_codes`` / ``ask_with_image``) that ``edge-agent`` makes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from common.wire.modes import ALIGNEDVQ, FP16, IMAGE_MODE
+from common.imaging.policy import open_image
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
+
+MODES = (ALIGNEDVQ, IMAGE_MODE, FP16)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m alignedvq.benchmarks.latency_client")
+    p.add_argument("--server", required=True)
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--warmup", type=int, default=2, help="unmeasured requests per mode")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for the edge half: 1, because the server and the link "
+                        "share this machine's cores, and spinning intra-op threads competing "
+                        "with them turned a ~5 ms vision pass into hundreds of ms")
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+    from alignedvq.v1 import inference_pb2 as pb
+    from alignedvq.v1 import inference_pb2_grpc as pb_grpc
+    from edge_agent.torch_edge import EdgeHalf
+    from edge_agent.client import ask_with_codes, ask_with_image, check_compatible
+    from common.wire.channels import channel
+
+    modes = args.modes.split(",")
+    stub = pb_grpc.InferenceServiceStub(channel(args.server))
+    info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=120, wait_for_ready=True)
+    edges = {}
+    for mode in modes:
+        if mode != "image":
+            edges[mode] = EdgeHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR, mode, device="cpu")
+            check_compatible(info, edges[mode])
+    samples = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text()
+               .splitlines() if line.strip()]
+    images = {s["image"]: open_image(SAMPLES_DIR / s["image"]) for s in samples}
+
+    def ask(mode: str, k: int) -> dict:
+        s = samples[k % len(samples)]
+        if mode == "image":
+            r = ask_with_image(stub, images[s["image"]], s["question"], info.image_size,
+                               args.jpeg_quality, timeout=120)
+        else:
+            r = ask_with_codes(stub, edges[mode], images[s["image"]], s["question"],
+                               timeout=120)
+        return {**r.as_json(), "expected": s["answer"], "image": s["image"]}
+
+    for k in range(args.warmup):
+        for mode in modes:
+            ask(mode, k)
+    print(json.dumps({"ready": True, "image_size": info.image_size,
+                      "torch_threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        command = json.loads(line)
+        results = []
+        for k in range(command["repeats"]):
+            order = modes[k % len(modes):] + modes[:k % len(modes)]
+            for mode in order:
+                results.append(ask(mode, k))
+        print(json.dumps({"results": results}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

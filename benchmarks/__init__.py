@@ -1,1 +1,0 @@
-"""Benchmarks: they measure and print; tests assert behaviour."""

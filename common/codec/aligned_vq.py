@@ -1,0 +1,207 @@
+"""AlignedVQ: the codec whose payload is the only thing that crosses from edge to cloud.
+
+Encoder (edge): align -> down-project -> nearest codeword, per stage on the residual.
+Decoder (cloud): codeword sum -> up-project -> de-align.
+
+Alignment standardises every token (zero mean, unit variance across channels, then a learned
+per-channel affine), so one shared codebook fits tokens whose scale differs by orders of
+magnitude. Undoing it needs each token's mean and scale. Sent as fp16 they would cost 4 bytes a
+token, more than the 1.5-byte index itself; instead the decoder *predicts* them from the
+codeword (a learned linear head), so they are quantised jointly with the direction and cost no
+extra byte. Nothing else is needed on the cloud side, so the payload is the indices plus a
+fixed header.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CODEC_CONFIG = "codec.json"
+CODEC_WEIGHTS = "codec.safetensors"
+
+
+def nearest_codeword(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
+    """Index of the closest codeword (squared L2) for every row of ``x`` (N, d); book (K, d)."""
+    return (x.pow(2).sum(-1, keepdim=True) - 2 * x @ book.T + book.pow(2).sum(-1)[None]).argmin(-1)
+
+
+class CodecMismatchError(ValueError):
+    """A codec was trained on different vision weights or a different cut than it is used with."""
+
+
+@dataclass
+class CodecConfig:
+    feature_dim: int              # D: channels of the hidden state at the cut
+    code_dim: int                 # d: the down-projected space the codebook lives in
+    bits: int                     # bits per index; the codebook has K = 2**bits entries
+    stages: int                   # residual stages, one index per token each
+    tokens: int                   # tokens per image at the cut
+    split_layer: int              # K in common/split.py
+    vision_fingerprint: str       # common.split.vision_fingerprint of the weights before the cut
+    model_id: str = ""            # informational: the checkpoint's folder name
+    alignment: str = "per-token standardisation + learned affine; stats predicted from codeword"
+
+    @property
+    def codebook_size(self) -> int:
+        return 1 << self.bits
+
+
+class AlignedVQ(nn.Module):
+    def __init__(self, config: CodecConfig):
+        super().__init__()
+        self.config = config
+        d, c = config.feature_dim, config.code_dim
+        self.align_scale = nn.Parameter(torch.ones(d))
+        self.align_shift = nn.Parameter(torch.zeros(d))
+        self.down = nn.Linear(d, c)
+        self.codebooks = nn.Parameter(torch.randn(config.stages, config.codebook_size, c) * 0.1)
+        self.up = nn.Linear(c, d)
+        # Predicts each token's mean and log-std (the alignment statistics) from its codeword.
+        self.stats = nn.Linear(c, 2)
+
+    # -- edge -----------------------------------------------------------------
+    def align(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean = x.mean(-1, keepdim=True)
+        log_std = torch.log(x.std(-1, keepdim=True) + 1e-6)
+        a = (x - mean) * torch.exp(-log_std) * self.align_scale + self.align_shift
+        return a, mean, log_std
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.align(x.float())[0])
+
+    def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Residual nearest-codeword search: indices (..., stages) and the summed codewords."""
+        residual = z
+        total = torch.zeros_like(z)
+        indices = []
+        for book in self.codebooks:
+            idx = nearest_codeword(residual.reshape(-1, residual.shape[-1]), book).reshape(
+                residual.shape[:-1])
+            q = book[idx]
+            indices.append(idx)
+            total = total + q
+            residual = residual - q
+        return torch.stack(indices, -1), total
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Features (B, T, D) -> indices (B, T, stages), int64 in [0, K)."""
+        return self.quantize(self.project(x))[0]
+
+    # -- cloud ----------------------------------------------------------------
+    def reconstruct(self, q: torch.Tensor) -> torch.Tensor:
+        stats = self.stats(q)
+        mean, log_std = stats[..., :1], stats[..., 1:]
+        return self.up(q) * torch.exp(log_std) + mean
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        return sum(self.codebooks[s][indices[..., s]] for s in range(self.config.stages))
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Indices (B, T, stages) -> reconstructed features (B, T, D)."""
+        return self.reconstruct(self.lookup(indices))
+
+    # -- training -------------------------------------------------------------
+    @torch.no_grad()
+    def initialise(self, feats: torch.Tensor, seed: int, kmeans_points: int = 200_000,
+                   kmeans_iters: int = 15) -> None:
+        """From features at the cut (N, T, D) or (N, D): the down-projection is the PCA of the
+        aligned features, each stage's codebook k-means on what the previous stages leave (so
+        no code starts dead)."""
+        from common.codec.kmeans import kmeans, nearest_in_chunks
+
+        flat = feats.reshape(-1, feats.shape[-1]).float()
+        g = torch.Generator().manual_seed(seed)
+        sample = flat[torch.randperm(len(flat), generator=g)[:kmeans_points]]
+        aligned, mean, log_std = self.align(sample)
+        mu = aligned.mean(0)
+        _, _, v = torch.linalg.svd(aligned[:50_000] - mu, full_matrices=False)
+        basis = v[:self.config.code_dim]                       # (c, D)
+        self.down.weight.copy_(basis)
+        self.down.bias.copy_(-basis @ mu)
+        self.up.weight.copy_(basis.T)
+        self.up.bias.copy_(mu)
+        self.stats.weight.zero_()
+        self.stats.bias.copy_(torch.stack([mean.mean(), log_std.mean()]))
+        residual = self.down(aligned)
+        for s in range(self.config.stages):
+            book = kmeans(residual, self.config.codebook_size, kmeans_iters, seed + s)
+            self.codebooks.data[s] = book
+            idx = nearest_in_chunks(residual, book)
+            residual = residual - book[idx]
+
+    @torch.no_grad()
+    def expire_dead_codes(self, x: torch.Tensor, usage: torch.Tensor, rng) -> None:
+        """Codes no token picked for a long while (``usage`` below 0.01: a decayed count per
+        stage and code) get a live token's residual, so the rate the index pays for is used."""
+        z = self.project(x).reshape(-1, self.config.code_dim)
+        residual = z
+        for s, book in enumerate(self.codebooks):
+            dead = (usage[s] < 0.01).nonzero().flatten()
+            if len(dead):
+                picks = torch.tensor([rng.randrange(len(residual)) for _ in range(len(dead))])
+                book.data[dead] = residual[picks] + 1e-3 * torch.randn(len(dead), book.shape[1])
+                usage[s, dead] = 1.0
+            idx = nearest_codeword(residual, book)
+            residual = residual - book[idx]
+
+    def forward(self, x: torch.Tensor):
+        """Straight-through pass for training: reconstruction and the VQ losses."""
+        z = self.project(x)
+        _, q = self.quantize(z)
+        codebook_loss = F.mse_loss(q, z.detach())
+        commit_loss = F.mse_loss(z, q.detach())
+        q_st = z + (q - z).detach()
+        return self.reconstruct(q_st), codebook_loss, commit_loss
+
+    # -- files ----------------------------------------------------------------
+    def save(self, out: Path) -> None:
+        from safetensors.torch import save_file
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()},
+                  str(out / CODEC_WEIGHTS))
+        meta = asdict(self.config) | {"codebook_size": self.config.codebook_size,
+                                      "fingerprint": self.fingerprint()}
+        (out / CODEC_CONFIG).write_text(json.dumps(meta, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, codec_dir: Path, expect_fingerprint: str | None = None,
+             expect_split_layer: int | None = None) -> "AlignedVQ":
+        from safetensors.torch import load_file
+
+        codec_dir = Path(codec_dir)
+        if not (codec_dir / CODEC_CONFIG).is_file():
+            raise FileNotFoundError(f"no codec at {codec_dir} (expected {CODEC_CONFIG} and "
+                                    f"{CODEC_WEIGHTS}, as `alignedvq train-codec` writes them)")
+        meta = json.loads((codec_dir / CODEC_CONFIG).read_text())
+        fields = CodecConfig.__dataclass_fields__
+        config = CodecConfig(**{k: v for k, v in meta.items() if k in fields})
+        if expect_fingerprint is not None and config.vision_fingerprint != expect_fingerprint:
+            raise CodecMismatchError(
+                f"codec {codec_dir} was trained on vision weights with fingerprint "
+                f"{config.vision_fingerprint}, but the model has {expect_fingerprint}")
+        if expect_split_layer is not None and config.split_layer != expect_split_layer:
+            raise CodecMismatchError(
+                f"codec {codec_dir} was trained for split layer {config.split_layer}, but the "
+                f"model is split at layer {expect_split_layer}")
+        codec = cls(config)
+        codec.load_state_dict(load_file(str(codec_dir / CODEC_WEIGHTS)))
+        return codec.eval()
+
+    def fingerprint(self) -> str:
+        """Identifies this codec's weights: the edge and cloud must hold the same one."""
+        h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        for k, v in sorted(self.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().float().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]

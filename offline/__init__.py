@@ -1,1 +1,0 @@
-"""Offline workflows behind the ``alignedvq`` command (dataset, training, evaluation)."""

@@ -1,1 +1,0 @@
-"""Offline workflows behind the ``alignedvq`` command: building and training the embedded model."""
