@@ -33,6 +33,10 @@ class CloudHalf:
                                         expect_split_layer=self.split.split_layer)
         self.codec_fingerprint = self.codec.fingerprint() if self.codec else ""
         self.image_tokens = self.split.image_tokens(self.model.config.vision_config)
+        self.text_hidden_size = self.model.config.text_config.hidden_size
+        self.image_size = self.model.config.vision_config.image_size
+        self.patch_size = self.model.config.vision_config.patch_size
+        self.model_id = self.model.config.name_or_path.rstrip("/").split("/")[-1] or str(model_dir)
 
     def encoding(self, mode: str) -> FeatureEncoding:
         return make_encoding(mode, self.codec, self.tokens, self.dim)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from cloud_server.config import ServerConfig
+from cloud_server.halves import CloudPreparer
 from common.split.checkpoint import load_image_processor
 from cloud_server.cloud_half import CloudHalf
 from cloud_server.projector_half import ProjectorHalf
@@ -17,7 +18,7 @@ from common.split.vision import EdgeVision
 
 @dataclass
 class CloudModel:
-    cloud: CloudHalf | ProjectorHalf
+    cloud: CloudPreparer      # CloudHalf (builtin engine) or ProjectorHalf (vLLM)
     vision: EdgeVision        # blocks [0, K) for AnswerFromImage
     image_processor: object   # the checkpoint's own resize/crop/normalise
     model_id: str
@@ -39,9 +40,8 @@ def load(config: ServerConfig) -> CloudModel:
         cloud = CloudHalf(config.model, config.codec, config.split_layer, device, dtype)
     vision = EdgeVision.from_pretrained(config.model, config.split_layer, device, dtype)
     processor = load_image_processor(config.model)
-    model_id = cloud.model.config.name_or_path.rstrip("/").split("/")[-1] or config.model
-    model = CloudModel(cloud, vision, processor, model_id)
+    model = CloudModel(cloud, vision, processor, cloud.model_id)
     # The first upload should not pay for lazy initialisation of the vision path either.
-    size = cloud.model.config.vision_config.image_size
+    size = cloud.image_size
     cloud.image_embeddings(vision(torch.zeros(1, 3, size, size, device=device)))
     return model

@@ -63,6 +63,10 @@ class ProjectorHalf:
         self.tokens = split.tokens(config.vision_config)
         self.dim = config.vision_config.hidden_size
         self.image_tokens = split.image_tokens(config.vision_config)
+        self.text_hidden_size = config.text_config.hidden_size
+        self.image_size = config.vision_config.image_size
+        self.patch_size = config.vision_config.patch_size
+        self.model_id = config.name_or_path.rstrip("/").split("/")[-1] or str(model_dir)
         vision = CloudVision(split, nn.ModuleList(CLIPEncoderLayer(config.vision_config)
                                                   for _ in range(split.split_layer,
                                                                  split.feature_layer)),

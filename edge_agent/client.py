@@ -14,6 +14,7 @@ from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common.imaging.policy import jpeg_baseline
 from common.wire.messages import fingerprint_bytes
+from edge_agent.encoder import EdgeEncoder
 
 
 class IncompatibleServer(RuntimeError):
@@ -41,14 +42,14 @@ class Result:
         return {k: round(v, 2) if isinstance(v, float) else v for k, v in d.items()}
 
 
-def check_compatible(info: pb.GetServerInfoResponse, edge) -> None:
+def check_compatible(info: pb.GetServerInfoResponse, edge: EdgeEncoder) -> None:
     """Refuse locally, before encoding anything, when the server could not decode our payload."""
-    if info.vision_fingerprint != fingerprint_bytes(edge.vision.fingerprint):
+    if info.vision_fingerprint != fingerprint_bytes(edge.vision_fingerprint):
         raise IncompatibleServer(
             f"server runs vision weights {info.vision_fingerprint.hex()} (model {info.model_id}, "
-            f"split layer {info.split_layer}); this edge has {edge.vision.fingerprint} "
-            f"(split layer {edge.split.split_layer})")
-    if edge.codec is not None and info.codec_fingerprint != fingerprint_bytes(
+            f"split layer {info.split_layer}); this edge has {edge.vision_fingerprint} "
+            f"(split layer {edge.split_layer})")
+    if edge.codec_fingerprint and info.codec_fingerprint != fingerprint_bytes(
             edge.codec_fingerprint):
         raise IncompatibleServer(f"server decodes codec {info.codec_fingerprint.hex() or '(none)'}"
                                  f"; this edge encodes with {edge.codec_fingerprint}")
@@ -93,7 +94,7 @@ def _responses(open_call, timeout: float | None, retry):
     return retry(attempt) if retry is not None else attempt(timeout)
 
 
-def ask_with_codes(stub: pb_grpc.InferenceServiceStub, edge, image: Image.Image, question: str,
+def ask_with_codes(stub: pb_grpc.InferenceServiceStub, edge: EdgeEncoder, image: Image.Image, question: str,
                    max_new_tokens: int = 0, on_delta=lambda text: None,
                    timeout: float | None = None, metadata=None, retry=None) -> Result:
     """``retry`` (an :class:`edge_agent.retry.Retrying`) waits and retries within its own

@@ -3,12 +3,11 @@
 ``edge-agent --runtime onnx`` runs on a device that has neither (tests/test_onnx_edge.py
 checks the agent's ``sys.modules``).
 
-It offers what ``edge_agent.client`` uses of the torch ``EdgeHalf`` (``chunks``, ``messages``,
-``mode`` and the fingerprints ``check_compatible`` reads), so both runtimes share one client."""
+It is an :class:`edge_agent.encoder.EdgeEncoder`, as the torch ``EdgeHalf`` is, so both runtimes
+share one client."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +17,6 @@ from edge_agent.clip_preprocess import preprocess
 from edge_agent.edge_spec import EdgeSpec
 from common.wire.packing import pack
 from common.wire.messages import codes_request_messages
-
-
-@dataclass(frozen=True)
-class _Fingerprinted:
-    fingerprint: str
-
-
-@dataclass(frozen=True)
-class _Split:
-    split_layer: int
 
 
 class OnnxEdge:
@@ -42,12 +31,10 @@ class OnnxEdge:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(Path(edge_dir) / self.spec.graph), options,
                                             providers=["CPUExecutionProvider"])
-        # Named as on EdgeHalf (edge.vision.fingerprint, edge.split.split_layer, edge.codec),
-        # which edge_agent.client.check_compatible reads.
-        self.vision = _Fingerprinted(self.spec.vision_fingerprint)
-        self.split = _Split(self.spec.split_layer)
-        self.codec = self.spec
+        self.vision_fingerprint = self.spec.vision_fingerprint
         self.codec_fingerprint = self.spec.codec_fingerprint
+        self.split_layer = self.spec.split_layer
+        self.image_size = self.spec.image_size
 
     def pixels(self, images) -> np.ndarray:
         return preprocess(images, self.spec.preprocess)

@@ -16,7 +16,8 @@ from common.split.vision import EdgeVision, features_at_cut
 
 
 class EdgeHalf:
-    """Holds the vision blocks before the cut and the encoder; no language-model weights."""
+    """Holds the vision blocks before the cut and the encoder; no language-model weights. An
+    :class:`edge_agent.encoder.EdgeEncoder`."""
 
     def __init__(self, model_dir: str | Path, codec_dir: str | Path | None = None,
                  mode: str = "alignedvq", split_layer: int | None = None, device: str = "cpu",
@@ -34,6 +35,9 @@ class EdgeHalf:
         self.encoding = make_encoding(mode, self.codec, self.tokens,
                                       self.vision.config.vision_config.hidden_size)
         self.codec_fingerprint = self.codec.fingerprint() if self.codec else ""
+        self.vision_fingerprint = self.vision.fingerprint
+        self.split_layer = self.split.split_layer
+        self.image_size = self.vision.config.vision_config.image_size
 
     def features(self, images) -> torch.Tensor:
         return features_at_cut(self.vision, self.image_processor, images)

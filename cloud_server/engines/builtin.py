@@ -72,8 +72,7 @@ class BuiltinEngine(GenerationEngine):
     def warm_up(self) -> None:
         """One prefill, join and step through the batch path, so the first user does not pay
         for lazy initialisation."""
-        config = self.cloud.model.config
-        embeds = torch.zeros(1, self.cloud.image_tokens, config.text_config.hidden_size,
+        embeds = torch.zeros(1, self.cloud.image_tokens, self.cloud.text_hidden_size,
                              dtype=self.cloud.model.dtype)
         decoder = self.scheduler.decoder
         rows = [Row(None, 2), Row(None, 2)]

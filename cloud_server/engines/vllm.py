@@ -189,7 +189,7 @@ class VllmEngine(GenerationEngine):
         cloud = model.cloud
         return cls(engine_arguments(config, "cuda" if device.startswith("cuda") else "cpu"),
                    cloud.processor, cloud.image_tokens,
-                   cloud.model.config.text_config.hidden_size, config.max_queued)
+                   cloud.text_hidden_size, config.max_queued)
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:

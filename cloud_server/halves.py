@@ -1,0 +1,34 @@
+"""What the server needs of the cloud's share of the model, whichever it holds: the whole cloud
+half with its language model (:class:`cloud_server.cloud_half.CloudHalf`, the builtin engine) or
+the half without it (:class:`cloud_server.projector_half.ProjectorHalf`, for an engine that runs
+the language model in its own process, vLLM). Both satisfy :class:`CloudPreparer`."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from common.codec.aligned_vq import AlignedVQ
+from common.split.point import SplitPoint
+
+
+class CloudPreparer(Protocol):
+    split: SplitPoint
+    tokens: int               # tokens that cross the wire
+    dim: int                  # their width (the vision tower's hidden size)
+    image_tokens: int         # image tokens in the language model's prompt
+    text_hidden_size: int     # the language model's width (image embeddings' last axis)
+    image_size: int           # the side of the model's input square
+    patch_size: int
+    model_id: str             # the checkpoint folder's name
+    vision_fingerprint: str
+    codec: AlignedVQ | None
+    codec_fingerprint: str    # "" without a codec
+    processor: object         # the checkpoint's processor: tokenizer and chat template
+
+    def decode(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
+        """One request's chunk payloads -> features at the cut (T, D); PayloadError if bad."""
+
+    def image_embeddings(self, features: torch.Tensor) -> torch.Tensor:
+        """Features at the cut (B, T, D) -> LLaVA image embeddings (B, image_tokens, hidden)."""
