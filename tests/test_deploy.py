@@ -222,6 +222,15 @@ def test_wheel_carries_the_embedded_model_codec_and_samples(installed):
 
 
 @pytest.mark.integration
+def test_the_install_holds_exactly_the_four_packages(installed):
+    """The project's brief fixes the top level: one package per half, what both run, and the
+    offline toolkit with the stubs; data travels inside ``common``, not as a package of its own."""
+    packages = {p.name for p in installed["target"].iterdir()
+                if p.is_dir() and not p.name.endswith(".dist-info") and p.name != "bin"}
+    assert packages == {"alignedvq", "cloud_server", "common", "edge_agent"}, packages
+
+
+@pytest.mark.integration
 def test_installed_copy_imports_its_own_files_and_entry_points(installed):
     """Every console script's entry point loads from the installed copy, and the default model
     paths point inside it (not at this checkout)."""
