@@ -46,7 +46,7 @@ test-fast: install
 # declared by xgrammar): vLLM's CPU backend disables it, and while it is installed every torch
 # process that imports torch._dynamo imports it too (the torch edge peaked at 627 MB instead of
 # 505 MB). PyPI's torchvision is a CUDA build too: common/_runtime/torchvision_cpu.py makes it importable
-# (README "Installing the vLLM engine").
+# (docs/vllm.md, "Installing the vLLM engine").
 $(VENV)/.vllm-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test,bench,vllm]' torch==$(TORCH_VERSION)
 	$(PY) -m pip uninstall --quiet --yes torchaudio torchcodec triton
@@ -60,7 +60,7 @@ clean:
 proto: install
 	$(PY) -m alignedvq.protogen
 
-# The benchmark report (README "Benchmarks"): trains one codec per rate (cached in BENCH_OUT, so
+# The benchmark report (docs/benchmarks/rate_and_latency.md): trains one codec per rate (cached in BENCH_OUT, so
 # a rerun skips them), then accuracy, bytes, emulated-link latency and the 7B-geometry script.
 # Emulated links need root (network namespaces); without it the report says so and uses a
 # loopback shaping proxy. About an hour on 2 CPU cores, most of it codec training.

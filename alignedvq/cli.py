@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignedvq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("dataset", help="generate a ShapesVQA split (shared/SHAPES_VQA.md)")
+    p = sub.add_parser("dataset", help="generate a ShapesVQA split (docs/shapes_vqa.md)")
     p.add_argument("--out", required=True, help="folder for images/ and questions.jsonl")
     p.add_argument("--n", type=int, required=True, help="number of questions (one image each)")
     p.add_argument("--seed", type=int, required=True,
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy on a JSON Lines VQA file")
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
                    help="local HF LLaVA checkpoint (default: the embedded model)")
-    p.add_argument("--dataset", required=True, help="JSON Lines file (SHAPES_VQA.md format)")
+    p.add_argument("--dataset", required=True, help="JSON Lines file (docs/shapes_vqa.md format)")
     p.add_argument("--limit", type=int, help="only the first N questions")
     p.add_argument("--batch-size", type=int, default=64, help="questions per generate() call")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")

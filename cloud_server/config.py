@@ -27,7 +27,7 @@ class ServerConfig(BaseModel):
                         json_schema_extra={"choices": ["builtin", "vllm"]},
                         description="what generates the text: builtin (transformers and this "
                         "project's continuous batcher) or vllm (vLLM's AsyncLLM; the vllm extra)")
-    # Passed through to vLLM (--engine vllm only); see README "Serving on vLLM".
+    # Passed through to vLLM (--engine vllm only); see docs/vllm.md.
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs one model is split over "
                                       "(tensor parallel, within a node)")
     gpu_memory_utilization: float | None = Field(
@@ -90,7 +90,9 @@ class ServerConfig(BaseModel):
                                         "reflection exempt); re-read when it changes")
 
     @classmethod
-    def from_args(cls, argv: list[str] | None = None) -> "ServerConfig":
+    def build_parser(cls) -> argparse.ArgumentParser:
+        """The flags, each defaulting to its ``ALIGNEDVQ_*`` variable or else to the field's
+        default; docs/cli.md is rendered from it (alignedvq/cli_reference.py)."""
         parser = argparse.ArgumentParser(
             prog="cloud-server",
             description="Answers questions about images from AlignedVQ indices (or images).")
@@ -101,7 +103,11 @@ class ServerConfig(BaseModel):
             parser.add_argument(flag, default=env if env is not None else field.default,
                                 choices=choices, help=f"{field.description} (env {ENV_PREFIX}{name.upper()}; "
                                      f"default {field.default})")
-        values = vars(parser.parse_args(argv))
+        return parser
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> "ServerConfig":
+        values = vars(cls.build_parser().parse_args(argv))
         values = {k: v for k, v in values.items() if v is not None and v != "None"}
         return cls(**values)
 

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 SERVICE = "alignedvq.v1.InferenceService"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m cloud_server.healthcheck", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     # The server's own port setting (cloud_server/config.py), so an image run with
@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
         env = "ALIGNEDVQ_HEALTHCHECK_" + flag.upper().replace("-", "_")
         p.add_argument("--" + flag, default=os.environ.get(env) or None,
                        help=f"{text}; default ${env}")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     tls = bool(args.tls_ca or args.tls_cert or args.tls_server_name
                or os.environ.get("ALIGNEDVQ_TLS_CERT"))
     try:

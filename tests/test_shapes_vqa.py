@@ -1,4 +1,4 @@
-"""The generator follows shared/SHAPES_VQA.md: rendering, vocabulary, templates, balance."""
+"""The generator follows docs/shapes_vqa.md: rendering, vocabulary, templates, balance."""
 
 import json
 import random

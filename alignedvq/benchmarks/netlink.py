@@ -7,7 +7,7 @@ alike) from one end and writes it to the other after serialising it at the link 
 direction, drop-tail beyond 1 s of queue) plus the one-way delay, so TCP sees the real
 round-trip time and every byte pays for the bottleneck.
 
-Why not the kernel: it has no ``netem`` here (shared/DESIGN.md), and ``tc tbf``, tried first,
+Why not the kernel: it has no ``netem`` here (docs/design.md), and ``tc tbf``, tried first,
 needs a bucket of at least one MTU, so an idle link lets a payload's first 1,500 B through
 unserialised. At 1 Mbit/s that is 12 ms free, which flattered the larger upload: the first full
 run measured a 1,987-B JPEG crossing in ~5 ms instead of 16.

@@ -39,7 +39,7 @@ LLAVA7B = {"image_size": 336, "patch": 14, "dim": 1024, "blocks": 24, "feature_l
 # scikit-image ships these photographs inside its wheel (no download).
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
           "immunohistochemistry", "retina", "camera")
-# shared/DESIGN.md: the paper's figures (577 tokens: it counted CLS).
+# docs/design.md: the paper's figures (577 tokens: it counted CLS).
 PAPER = {"alignedvq 12 bits": 865.5, "fp16 features": 1_181_696,
          "note": "577 x 12 bit = 865.5 B vs 1,181,696 B of fp16 features (the paper's "
                  "'1365x'); the paper reports ~96.8 % fewer bytes than a JPEG-90 upload"}

@@ -177,7 +177,7 @@ def markdown(report: dict) -> str:
                "`common.wire.packing` and the real `AnswerFromCodes` messages (header with 8-byte "
                "vision and codec fingerprints, then one chunk per stage) serialised and "
                "counted. At the default cut llava-1.5 drops CLS, so 576 tokens cross where the "
-               f"paper counted 577. Paper figures from shared/DESIGN.md: {by['llava7b']['paper']['note']}.",
+               f"paper counted 577. Paper figures from docs/design.md: {by['llava7b']['paper']['note']}.",
                "", "![bytes per image](bytes_per_image.png)", ""]
     if "latency" in report:
         la = report["latency"]

@@ -1,4 +1,4 @@
-"""Reading a VQA question file (JSON Lines, the ShapesVQA format of shared/SHAPES_VQA.md: one
+"""Reading a VQA question file (JSON Lines, the ShapesVQA format of docs/shapes_vqa.md: one
 object a line with ``image``, ``question`` and ``answer``): shared by evaluation and training."""
 
 from __future__ import annotations

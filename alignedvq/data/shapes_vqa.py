@@ -1,6 +1,6 @@
 """ShapesVQA v1: the synthetic VQA task the embedded model is trained and evaluated on.
 
-This module is a literal implementation of ``shared/SHAPES_VQA.md``: vocabulary, templates and
+This module is a literal implementation of ``docs/shapes_vqa.md``: vocabulary, templates and
 rendering are the contract, so every constant below is copied from that page, not invented.
 """
 

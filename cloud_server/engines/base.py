@@ -1,4 +1,4 @@
-"""The seam between the server and whatever generates text (docs: README, "Architecture").
+"""The seam between the server and whatever generates text (docs/architecture.md).
 
 Everything engine-independent stays in the server: the protocol, validation, fingerprints, codec
 decoding, the vision tower for uploads, the projector (a request's ``prepare``), auth, metrics,
