@@ -1,7 +1,7 @@
 """The generation-engine seam (cloud_server/engines/base.py) as the builtin engine implements
-it, in-process on the tiny model: a request streams text deltas then one Finished; admission is
-refused when stream() is called; closing a stream frees its batch slot; a drained engine admits
-nothing. And `cloud-server --engine vllm` without vLLM exits 2 naming the extra."""
+it, in-process on the tiny model: a request streams text deltas then one Finished; generate()
+admits in its first step (calling it does nothing); closing or cancelling a request frees its
+batch slot; a drained engine admits nothing. And `cloud-server --engine vllm` without vLLM exits 2 naming the extra."""
 
 import asyncio
 import importlib.util
@@ -45,11 +45,11 @@ def test_a_request_streams_deltas_then_one_finished(cloud, features):
         engine = BuiltinEngine(cloud, max_batch_size=4, batch_window_s=0)
         await engine.start()
         try:
-            items = await _collect(engine.stream(_request(cloud, features)))
+            items = await _collect(engine.generate(_request(cloud, features)))
             bad = GenerationRequest("bad", QUESTION, 4, lambda: (_ for _ in ()).throw(
                 InvalidRequest("bad payload")))
             with pytest.raises(InvalidRequest, match="bad payload"):
-                await _collect(engine.stream(bad))
+                await _collect(engine.generate(bad))
         finally:
             await engine.drain()
         return items
@@ -60,26 +60,41 @@ def test_a_request_streams_deltas_then_one_finished(cloud, features):
     assert finished.batch_size == 1 and finished.tokens >= 1
 
 
-def test_admission_is_refused_when_stream_is_called(cloud, features):
+async def _until(condition, seconds=10.0):
+    for _ in range(int(seconds / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+def test_admission_is_the_first_step_of_generate(cloud, features):
     async def run():
         engine = BuiltinEngine(cloud, max_batch_size=1, max_queued=1)  # not started
-        first = engine.stream(_request(cloud, features))
+        engine.generate(_request(cloud, features))  # never iterated: never admitted
+        assert engine.stats().queue_depth == 0
+        # Its first item never comes (nothing runs the queue): its first step runs as a task.
+        first = asyncio.ensure_future(anext(engine.generate(_request(cloud, features))))
+        await _until(lambda: engine.stats().queue_depth == 1)
         with pytest.raises(Overloaded, match="--max-queued"):
-            engine.stream(_request(cloud, features))  # no await needed to be refused
-        await first.aclose()
+            await anext(engine.generate(_request(cloud, features)))
+        first.cancel()  # the consumer cancelled: its job is cancelled, not left to run
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert engine.scheduler.pending[0].cancelled.is_set()
         await engine.drain()
         with pytest.raises(ShuttingDown):
-            engine.stream(_request(cloud, features))
+            await anext(engine.generate(_request(cloud, features)))
     asyncio.run(run())
 
 
-def test_closing_a_stream_frees_its_batch_slot(cloud, features):
+def test_closing_a_request_frees_its_batch_slot(cloud, features):
     async def run():
         engine = BuiltinEngine(cloud, max_batch_size=4, batch_window_s=0)
         engine.scheduler.decoder.eos = set()  # runs to max_new_tokens unless aborted
         await engine.start()
         try:
-            stream = engine.stream(_request(cloud, features, max_new=4000))
+            stream = engine.generate(_request(cloud, features, max_new=4000))
             first = await stream.__anext__()
             assert isinstance(first, str)
             assert engine.stats().running == 1
