@@ -9,7 +9,7 @@ import importlib.util
 import pytest
 
 from cloud_server.config import ServerConfig
-from cloud_server.engines.base import Finished, GenerationRequest
+from cloud_server.engines.base import EngineStats, Finished, GenerationRequest
 from cloud_server.engines.builtin import BuiltinEngine
 from cloud_server.errors import InvalidRequest, Overloaded, ShuttingDown
 from common.imaging.policy import open_image
@@ -88,22 +88,28 @@ def test_admission_is_the_first_step_of_generate(cloud, features):
     asyncio.run(run())
 
 
-def test_closing_a_request_frees_its_batch_slot(cloud, features):
+def test_closing_or_cancelling_requests_frees_their_batch_slots(cloud, features):
+    """In-process, where a request can be made to run for minutes (no end-of-sequence token):
+    each stopped request must leave the batch, or the stats never return to 0."""
     async def run():
         engine = BuiltinEngine(cloud, max_batch_size=4, batch_window_s=0)
-        engine.scheduler.decoder.eos = set()  # runs to max_new_tokens unless aborted
         await engine.start()
+        engine.scheduler.decoder.eos = set()  # runs to max_new_tokens unless aborted
         try:
-            stream = engine.generate(_request(cloud, features, max_new=4000))
-            first = await stream.__anext__()
-            assert isinstance(first, str)
-            assert engine.stats().running == 1
-            await stream.aclose()
-            for _ in range(1000):  # the row leaves at the next token step
-                if engine.stats().running == 0:
-                    break
-                await asyncio.sleep(0.01)
-            assert engine.stats().running == 0 and engine.stats().queue_depth == 0
+            generations = [engine.generate(_request(cloud, features, 4000, f"r{i}"))
+                           for i in range(3)]
+            for g in generations:
+                assert isinstance(await anext(g), str)  # generating
+            assert engine.stats().running == 3
+            await generations[0].aclose()  # as the service closes it (client gone)
+            cancelled = [asyncio.ensure_future(anext(g)) for g in generations[1:]]
+            await asyncio.sleep(0)
+            for task in cancelled:  # as a deadline cancels the reading task
+                task.cancel()
+            await asyncio.gather(*cancelled, return_exceptions=True)
+            await _until(lambda: engine.stats() == EngineStats(queue_depth=0, running=0))
+            *deltas, finished = await _collect(engine.generate(_request(cloud, features, 4)))
+            assert finished.tokens == 4 and "".join(deltas) == finished.text
         finally:
             await engine.drain()
     asyncio.run(run())
