@@ -100,8 +100,8 @@ class Scheduler:
 
     def submit(self, job: Job, arrival: "Arrival | None" = None) -> None:
         """Queues the job, or refuses it. ``arrival`` (from :meth:`on_the_way`) stops counting
-        under the same lock, so the model thread never sees the request neither on its way nor
-        queued, and never starts a batch without it."""
+        under the same lock, so the model thread sees the request on its way or queued, never
+        neither, and cannot start a batch in between without it."""
         with self.wake:
             self._arrived(arrival)
             if self.stopping:
@@ -115,7 +115,8 @@ class Scheduler:
     @contextlib.contextmanager
     def on_the_way(self):
         """Marks a request as arriving (its messages are being read and checked), so an idle
-        model waits for it to batch with others; a request nobody else is near never waits."""
+        model waits for it to batch with others; a request nobody else is near never waits.
+        Gives the :class:`Arrival` to pass to :meth:`submit`."""
         arrival = Arrival()
         with self.wake:
             self.incoming += 1
