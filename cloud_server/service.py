@@ -2,7 +2,7 @@
 
 Each call: read and validate the request (cheap, on the event loop), hand the engine a
 :class:`~cloud_server.engines.base.GenerationRequest` (RESOURCE_EXHAUSTED at once when its
-queue is full), convert its text deltas to responses, end with a summary. Refusals are raised
+queue is full: the engine's generate admits as its first step), convert its text deltas to responses, end with a summary. Refusals are raised
 as domain errors; the RPC layer (:mod:`cloud_server.calls`) turns them into status codes, and
 logs and counts every call once.
 """
@@ -68,43 +68,51 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
     async def AnswerFromCodes(self, request_iterator, context):
         call = current_call()
         backend = self._ready()
-        with backend.engine.arriving():
+        # Held to the end of the call, not only while reading: the engine stops counting the
+        # request as on its way when it admits it (generate's first step, in _respond), so no
+        # batch can start in between without it.
+        with backend.engine.arriving() as arrival:
             reader = CodesReader(backend.validator)
             async for message in request_iterator:
                 reader.feed(message)
                 call.mode = reader.mode
             request, chunks = reader.finish()
-            stream = self._start(backend, call, request,
-                                 backend.preparer.from_codes(request.mode, chunks))
-        async for response in self._respond(backend, call, stream, pb.AnswerFromCodesResponse):
-            yield response
+            generation = self._start(backend, call, request,
+                                     backend.preparer.from_codes(request.mode, chunks), arrival)
+            async for response in self._respond(backend, call, generation,
+                                                pb.AnswerFromCodesResponse):
+                yield response
 
     async def AnswerFromImage(self, request, context):
         call = current_call()
         call.mode = "image"
         backend = self._ready()
         validated = backend.validator.image_request(request)
-        stream = self._start(backend, call, validated, backend.preparer.from_image(request.image))
-        async for response in self._respond(backend, call, stream, pb.AnswerFromImageResponse):
+        generation = self._start(backend, call, validated,
+                                 backend.preparer.from_image(request.image))
+        async for response in self._respond(backend, call, generation,
+                                            pb.AnswerFromImageResponse):
             yield response
 
-    def _start(self, backend: Backend, call: Call, request: Validated, prepare):
-        """Counts the payload and hands the request to the engine; raises Overloaded when its
-        queue is full."""
+    def _start(self, backend: Backend, call: Call, request: Validated, prepare, arrival=None):
+        """Counts the payload (refused requests too) and returns the engine's generator for the
+        request, not yet started: its admission runs when _respond takes the first item."""
         self.metrics.payload_bytes.labels(call.mode).observe(call.received)
         self.metrics.compression_ratio.labels(call.mode).observe(
             backend.model.fp16_feature_bytes() / max(call.received, 1))
-        return backend.engine.stream(GenerationRequest(call.request_id, request.question,
-                                                       request.max_new_tokens, prepare))
+        return backend.engine.generate(GenerationRequest(
+            call.request_id, request.question, request.max_new_tokens, prepare, arrival))
 
-    async def _respond(self, backend: Backend, call: Call, stream, response_type):
-        """The engine's text deltas as responses, then the summary. Leaving early (client gone,
-        deadline, error) closes the stream, which aborts the request in the engine."""
+    async def _respond(self, backend: Backend, call: Call, generation, response_type):
+        """The engine's text deltas as responses, then the summary. The first item is awaited
+        before anything is sent, so the engine's refusal (Overloaded, ShuttingDown) leaves this
+        call as its status code at once. Leaving early (client gone, deadline, error) closes the
+        generator, which aborts the request in the engine."""
         timeout = backend.config.request_timeout_seconds
-        async with contextlib.aclosing(stream):
+        async with contextlib.aclosing(generation):
             try:
                 async with asyncio.timeout(timeout):
-                    async for item in stream:
+                    async for item in generation:
                         if isinstance(item, Finished):
                             yield response_type(summary=self._summary(backend, call, item))
                             return

@@ -47,13 +47,15 @@ def cli(name: str) -> list[str]:
 def pytest_collection_modifyitems(config, items):
     """Tests that start a real process or server carry ``integration`` (module ``pytestmark``
     or a decorator); every other test is ``unit``, so ``-m unit`` (``make test-fast``) is the
-    edit loop's suite."""
+    edit loop's suite. Tests that stop a shared server go last (``STOPS_ITS_SERVER``)."""
     for item in items:
         kinds = {m.name for m in item.iter_markers() if m.name in KINDS}
         if len(kinds) > 1:
             raise pytest.UsageError(f"{item.nodeid} is marked both unit and integration")
         if not kinds:
             item.add_marker(pytest.mark.unit)
+    # A stable sort: everything else keeps its collected order.
+    items.sort(key=lambda item: STOPS_ITS_SERVER in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(autouse=True)
@@ -105,13 +107,16 @@ def default_server():
         yield server
 
 
-# One `cloud-server --engine vllm` serves the vLLM tests of every module (test_malformed's corpus,
-# test_vllm_engine): each start costs ~30 s of vLLM start-up. Its flags are the union of what
-# they need: the corpus's limits and a capacity small enough for the admission tests.
-VLLM_FLAGS = ("--engine", "vllm", "--metrics-port", "0",
-              "--max-question-chars", "200", "--max-new-tokens", "16",
-              "--max-message-bytes", "65536", "--max-image-pixels", "1000000",
-              "--max-batch-size", "4", "--max-queued", "4")
+# One small server per engine serves the tests of every module that needs nothing else
+# (test_malformed's corpus, test_engine_contract, test_vllm_engine): each start costs time, a vLLM
+# one ~30 s. Their flags are the union of what those need: the corpus's limits, a capacity small
+# enough for the admission tests to fill, and the metrics the cancellation test reads.
+SMALL_FLAGS = ("--metrics-port", "0",
+               "--max-question-chars", "200", "--max-new-tokens", "16",
+               "--max-message-bytes", "65536", "--max-image-pixels", "1000000",
+               "--max-batch-size", "4", "--max-queued", "4")
+VLLM_FLAGS = ("--engine", "vllm", *SMALL_FLAGS)
+BUILTIN_FLAGS = ("--engine", "builtin", *SMALL_FLAGS)
 
 
 class SharedServer:
@@ -176,17 +181,37 @@ class SharedServer:
 # longest single wait of the suite. When the collected tests will use it, it begins on a thread
 # as soon as collection ends and overlaps the tests that run before its first user.
 SHARED_VLLM = SharedServer(*VLLM_FLAGS, extra="vllm")
+SHARED_BUILTIN = SharedServer(*BUILTIN_FLAGS)
+SMALL_SERVERS = {"builtin": SHARED_BUILTIN, "vllm": SHARED_VLLM}
+NEEDS_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                                reason="the vllm extra is not installed (make test installs it)")
+# Parameters of the tests that hold for each engine.
+ENGINES = ["builtin", pytest.param("vllm", marks=NEEDS_VLLM)]
+# Tests that stop their server (the SIGTERM drain) ask for it by this fixture, and run last:
+# a shared server stopped earlier would be started again for its next user.
+STOPS_ITS_SERVER = "small_server_to_stop"
+
+
+def _small_servers_used(item) -> set[str]:
+    names = getattr(item, "fixturenames", ())
+    used = {"vllm"} if "shared_vllm" in names else set()
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return used | {params[f] for f in ("small_server", STOPS_ITS_SERVER) if f in params}
 
 
 def pytest_collection_finish(session):
-    if session.config.option.collectonly or importlib.util.find_spec("vllm") is None:
+    if session.config.option.collectonly:
         return
-    if any("shared_vllm" in getattr(item, "fixturenames", ()) for item in session.items):
-        SHARED_VLLM.start_early()
+    used = set().union(*(_small_servers_used(item) for item in session.items))
+    if importlib.util.find_spec("vllm") is None:
+        used.discard("vllm")
+    for name in sorted(used, reverse=True):  # vLLM's, the longest, first
+        SMALL_SERVERS[name].start_early()
 
 
 def pytest_sessionfinish(session):
-    SHARED_VLLM.close()  # also when it was started early and no test asked for it
+    for server in SMALL_SERVERS.values():
+        server.close()  # also when it was started early and no test asked for it
 
 
 @pytest.fixture(scope="session")
@@ -194,6 +219,18 @@ def shared_vllm():
     """The session's vLLM server: ``shared_vllm.get()`` waits for it (or skips without vLLM)."""
     yield SHARED_VLLM
     SHARED_VLLM.close()
+
+
+@pytest.fixture(params=ENGINES)
+def small_server(request):
+    """The session's small server of each engine (SMALL_FLAGS), parametrised over the engines."""
+    return SMALL_SERVERS[request.param].get()
+
+
+@pytest.fixture(params=ENGINES)
+def small_server_to_stop(request):
+    """As ``small_server``, for a test that stops it: such tests run after all others."""
+    return SMALL_SERVERS[request.param].get()
 
 
 @dataclass

@@ -225,3 +225,14 @@ def test_a_failing_prefill_fails_its_request_and_the_batch_carries_on(cloud, emb
     assert outcomes == {("running", "done"), ("broken", "error")}
     done = next(v for n, k, v in events if k == "done")
     assert done.tokens == 40
+
+
+def test_an_arrival_stops_counting_when_its_job_is_submitted(cloud, embeddings):
+    """The window waits for requests on their way; one that is submitted must stop counting
+    then (not when the server's reading block ends, later), and only once."""
+    scheduler = Scheduler(cloud, max_batch_size=4, max_queued=4)  # not started
+    with scheduler.on_the_way() as arrival, scheduler.on_the_way():
+        assert scheduler.incoming == 2
+        scheduler.submit(_job(embeddings[0], "what", 2, [], 0), arrival)
+        assert scheduler.incoming == 1 and scheduler.queue_depth() == 1
+    assert scheduler.incoming == 0

@@ -1,7 +1,7 @@
 """The generation-engine seam (cloud_server/engines/base.py) as the builtin engine implements
-it, in-process on the tiny model: a request streams text deltas then one Finished; admission is
-refused when stream() is called; closing a stream frees its batch slot; a drained engine admits
-nothing. And `cloud-server --engine vllm` without vLLM exits 2 naming the extra."""
+it, in-process on the tiny model: a request streams text deltas then one Finished; generate()
+admits in its first step (calling it does nothing); closing or cancelling a request frees its
+batch slot; a drained engine admits nothing. And `cloud-server --engine vllm` without vLLM exits 2 naming the extra."""
 
 import asyncio
 import importlib.util
@@ -9,7 +9,7 @@ import importlib.util
 import pytest
 
 from cloud_server.config import ServerConfig
-from cloud_server.engines.base import Finished, GenerationRequest
+from cloud_server.engines.base import EngineStats, Finished, GenerationRequest
 from cloud_server.engines.builtin import BuiltinEngine
 from cloud_server.errors import InvalidRequest, Overloaded, ShuttingDown
 from common.imaging.policy import open_image
@@ -45,11 +45,11 @@ def test_a_request_streams_deltas_then_one_finished(cloud, features):
         engine = BuiltinEngine(cloud, max_batch_size=4, batch_window_s=0)
         await engine.start()
         try:
-            items = await _collect(engine.stream(_request(cloud, features)))
+            items = await _collect(engine.generate(_request(cloud, features)))
             bad = GenerationRequest("bad", QUESTION, 4, lambda: (_ for _ in ()).throw(
                 InvalidRequest("bad payload")))
             with pytest.raises(InvalidRequest, match="bad payload"):
-                await _collect(engine.stream(bad))
+                await _collect(engine.generate(bad))
         finally:
             await engine.drain()
         return items
@@ -60,35 +60,56 @@ def test_a_request_streams_deltas_then_one_finished(cloud, features):
     assert finished.batch_size == 1 and finished.tokens >= 1
 
 
-def test_admission_is_refused_when_stream_is_called(cloud, features):
+async def _until(condition, seconds=10.0):
+    for _ in range(int(seconds / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+def test_admission_is_the_first_step_of_generate(cloud, features):
     async def run():
         engine = BuiltinEngine(cloud, max_batch_size=1, max_queued=1)  # not started
-        first = engine.stream(_request(cloud, features))
+        engine.generate(_request(cloud, features))  # never iterated: never admitted
+        assert engine.stats().queue_depth == 0
+        # Its first item never comes (nothing runs the queue): its first step runs as a task.
+        first = asyncio.ensure_future(anext(engine.generate(_request(cloud, features))))
+        await _until(lambda: engine.stats().queue_depth == 1)
         with pytest.raises(Overloaded, match="--max-queued"):
-            engine.stream(_request(cloud, features))  # no await needed to be refused
-        await first.aclose()
+            await anext(engine.generate(_request(cloud, features)))
+        first.cancel()  # the consumer cancelled: its job is cancelled, not left to run
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert engine.scheduler.pending[0].cancelled.is_set()
         await engine.drain()
         with pytest.raises(ShuttingDown):
-            engine.stream(_request(cloud, features))
+            await anext(engine.generate(_request(cloud, features)))
     asyncio.run(run())
 
 
-def test_closing_a_stream_frees_its_batch_slot(cloud, features):
+def test_closing_or_cancelling_requests_frees_their_batch_slots(cloud, features):
+    """In-process, where a request can be made to run for minutes (no end-of-sequence token):
+    each stopped request must leave the batch, or the stats never return to 0."""
     async def run():
         engine = BuiltinEngine(cloud, max_batch_size=4, batch_window_s=0)
-        engine.scheduler.decoder.eos = set()  # runs to max_new_tokens unless aborted
         await engine.start()
+        engine.scheduler.decoder.eos = set()  # runs to max_new_tokens unless aborted
         try:
-            stream = engine.stream(_request(cloud, features, max_new=4000))
-            first = await stream.__anext__()
-            assert isinstance(first, str)
-            assert engine.stats().running == 1
-            await stream.aclose()
-            for _ in range(1000):  # the row leaves at the next token step
-                if engine.stats().running == 0:
-                    break
-                await asyncio.sleep(0.01)
-            assert engine.stats().running == 0 and engine.stats().queue_depth == 0
+            generations = [engine.generate(_request(cloud, features, 4000, f"r{i}"))
+                           for i in range(3)]
+            for g in generations:
+                assert isinstance(await anext(g), str)  # generating
+            assert engine.stats().running == 3
+            await generations[0].aclose()  # as the service closes it (client gone)
+            cancelled = [asyncio.ensure_future(anext(g)) for g in generations[1:]]
+            await asyncio.sleep(0)
+            for task in cancelled:  # as a deadline cancels the reading task
+                task.cancel()
+            await asyncio.gather(*cancelled, return_exceptions=True)
+            await _until(lambda: engine.stats() == EngineStats(queue_depth=0, running=0))
+            *deltas, finished = await _collect(engine.generate(_request(cloud, features, 4)))
+            assert finished.tokens == 4 and "".join(deltas) == finished.text
         finally:
             await engine.drain()
     asyncio.run(run())

@@ -1,8 +1,8 @@
 """The malformed-request corpus against a real cloud-server process: every case gets its
 documented status code and a message naming what was wrong, and a normal request still
-succeeds after it. Plus overload (bounded queue) and the server-side deadline."""
+succeeds after it, on each engine. Plus the server-side deadline. (A full queue:
+tests/test_engine_contract.py.)"""
 
-import importlib.util
 import io
 
 import grpc
@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import status_codes_of_a_burst
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common.imaging.policy import open_image
@@ -24,30 +23,19 @@ pytestmark = pytest.mark.integration  # real servers or processes
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
-LIMITS = ["--max-question-chars", "200", "--max-new-tokens", "16",
-          "--max-message-bytes", "65536", "--max-image-pixels", "1000000"]
 IMAGE = SAMPLES_DIR / "images" / "sample2.png"
 QUESTION = "how many objects are there?"
 
 
-# The corpus runs against each engine (the vLLM one where its extra is installed): refusals
-# happen before generation, so both must give the same codes and messages.
-NEEDS_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
-                                reason="the vllm extra is not installed")
+# The corpus runs against each engine: refusals happen before generation, so both must give the
+# same codes and messages. The session's small server of each engine has the corpus's limits
+# (tests/conftest.py SMALL_FLAGS).
+@pytest.fixture
+def server(small_server):
+    return small_server
 
 
-@pytest.fixture(scope="module", params=["builtin", pytest.param("vllm", marks=NEEDS_VLLM)])
-def server(request, shared_vllm):
-    if request.param == "vllm":
-        # The session's vLLM server: the same limits (tests/conftest.py VLLM_FLAGS).
-        yield shared_vllm.get()
-        return
-    with ServerProcess(*LIMITS, "--engine", request.param) as s:
-        s.wait_ready()
-        yield s
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture
 def stub(server):
     return pb_grpc.InferenceServiceStub(grpc.insecure_channel(server.address))
 
@@ -198,16 +186,6 @@ def test_malformed_request(name, stub, valid):
     # ... and the server still answers a normal request.
     answer = _send(stub, "codes", valid[A])[-1].summary.answer
     assert answer
-
-
-@pytest.mark.integration
-def test_a_full_queue_gets_resource_exhausted_and_nothing_else(valid):
-    with ServerProcess("--max-batch-size", "1", "--max-queued", "1") as server:
-        server.wait_ready()
-        stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(server.address))
-        codes = status_codes_of_a_burst(lambda: _send(stub, "codes", valid[A]), 12, timeout=60)
-        assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
-        assert _send(stub, "codes", valid[A])[-1].summary.answer
 
 
 @pytest.mark.integration

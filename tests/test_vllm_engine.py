@@ -2,19 +2,13 @@
 each for the module (vLLM starts its engine core process and loads the model: slow, so once).
 
 Same greedy answers from both engines (a fresh 600-question split in alignedvq mode; a few
-questions in fp16, int8 and image modes), streamed deltas that concatenate to the answer,
-cancellation that aborts the request in vLLM and frees the slot, RESOURCE_EXHAUSTED at a full queue, and SIGTERM with 8
-requests in flight (last: it stops the module's vLLM server).
+questions in fp16, int8 and image modes). What each engine promises on its own (deltas,
+admission, cancellation, SIGTERM): tests/test_engine_contract.py.
 """
 
 import importlib.util
 import json
-import re
-import signal
 import subprocess
-import threading
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -24,7 +18,7 @@ from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from edge_agent.torch_edge import EdgeHalf
-from conftest import cli, status_codes_of_a_burst
+from conftest import cli
 from edge_agent.client import jpeg_upload
 
 pytestmark = [pytest.mark.integration,
@@ -32,10 +26,11 @@ pytestmark = [pytest.mark.integration,
                                  reason="the vllm extra is not installed (make test installs it)")]
 
 ROWS = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture
 def vllm_server(shared_vllm):
-    """The session's vLLM server (tests/conftest.py VLLM_FLAGS: at most 4 running and 4
-    waiting, small enough for the admission tests to fill)."""
+    """The session's small vLLM server (tests/conftest.py VLLM_FLAGS)."""
     return shared_vllm.get()
 
 
@@ -60,12 +55,6 @@ def edge(mode):
 def ask(stub, messages, timeout=120):
     responses = list(stub.AnswerFromCodes(iter(messages), timeout=timeout))
     return "".join(r.text_delta for r in responses[:-1]), responses[-1].summary
-
-
-def metric(server, name):
-    url = re.search(r"metrics on (\S+)", server.log()).group(1)
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
 
 
 def test_600_fresh_questions_get_the_same_greedy_answers_from_both_engines(
@@ -113,88 +102,3 @@ def test_image_mode_agrees(vllm_server, builtin_server):
         got = [list(stub_of(s).AnswerFromImage(request, timeout=120))[-1].summary.answer
                for s in (vllm_server, builtin_server)]
         assert got[0] == got[1] and got[0]
-
-
-def test_streamed_deltas_concatenate_to_the_answer(vllm_server):
-    e = edge("alignedvq")
-    for row in ROWS:
-        messages = e.messages(e.chunks([open_image(SAMPLES_DIR / row["image"])])[0],
-                              row["question"])
-        text, summary = ask(stub_of(vllm_server), messages)
-        assert text == summary.answer and summary.answer
-        assert summary.tokens_generated >= 1
-
-
-def _messages(question="how many objects are there?"):
-    e = edge("alignedvq")
-    chunks = e.chunks([open_image(SAMPLES_DIR / "images" / "sample0.png")])[0]
-    return e.messages(chunks, question, max_new_tokens=16)
-
-
-def test_cancelling_aborts_the_request_in_vllm_and_frees_the_slot(vllm_server):
-    """The embedded model answers in one word, so a request spends only milliseconds inside
-    vLLM: cancels are swept over the first 100 ms after sending, 8 at a time (the capacity), so
-    some land while vLLM holds the request (waiting or generating); the server logs each abort
-    it passes to vLLM."""
-    stub = stub_of(vllm_server)
-    messages = _messages()
-    aborted_before = vllm_server.log().count("aborted in vLLM")
-    for delay_ms in range(0, 100, 5):
-        calls = [stub.AnswerFromCodes(iter(messages), timeout=120) for _ in range(8)]
-        time.sleep(delay_ms / 1000)  # where in the request's life the cancel lands
-        for call in calls:
-            call.cancel()
-    deadline = time.monotonic() + 30
-    while (metric(vllm_server, "alignedvq_batch_size") or
-           metric(vllm_server, "alignedvq_queue_depth")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert metric(vllm_server, "alignedvq_batch_size") == 0
-    assert metric(vllm_server, "alignedvq_queue_depth") == 0
-    assert vllm_server.log().count("aborted in vLLM") > aborted_before
-    # Every slot is free again: a full capacity of new requests is admitted and answered.
-    with ThreadPoolExecutor(8) as pool:
-        summaries = list(pool.map(lambda _: ask(stub, messages)[1], range(8)))
-    assert all(s.answer for s in summaries)
-
-
-def test_a_full_queue_gets_resource_exhausted_and_nothing_else(vllm_server):
-    stub = stub_of(vllm_server)
-    messages = _messages()
-    codes = status_codes_of_a_burst(lambda: ask(stub, messages), 24)
-    assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
-    assert ask(stub, messages)[1].answer
-
-
-def test_sigterm_lets_8_in_flight_requests_finish(vllm_server):
-    """Last in the module: it stops the module's vLLM server."""
-    stub = stub_of(vllm_server)
-    header, *chunks = edge("alignedvq").messages(
-        edge("alignedvq").chunks([open_image(SAMPLES_DIR / "images" / "sample2.png")])[0],
-        "how many objects are there?")
-    expected = ask(stub, [header, *chunks])[1].answer
-    release = threading.Event()
-    results, errors = [], []
-
-    def in_flight():
-        def requests():
-            yield header
-            release.wait(30)  # the RPC is open on the server while SIGTERM arrives
-            yield from chunks
-        try:
-            results.append(list(stub.AnswerFromCodes(requests(), timeout=120))[-1]
-                           .summary.answer)
-        except grpc.RpcError as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=in_flight) for _ in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(1.0)
-    vllm_server.proc.send_signal(signal.SIGTERM)
-    time.sleep(1.0)
-    release.set()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
-    assert results == [expected] * 8
-    assert vllm_server.proc.wait(120) == 0

@@ -27,6 +27,10 @@ class GenerationRequest:
     # Runs OFF the event loop (the engine decides on which thread); may raise a
     # cloud_server.errors.ServiceError (e.g. InvalidRequest for a bad payload).
     prepare: Callable[[], torch.Tensor]
+    # What the engine's arriving() gave while this request's messages were read: admission
+    # ends it, so an engine waiting for requests on their way stops counting this one exactly
+    # when it joins the queue (None: it was not announced).
+    arrival: object | None = None
 
 
 @dataclass(frozen=True)
@@ -53,13 +57,14 @@ class GenerationEngine(abc.ABC):
         """Load and warm up; called once before serving."""
 
     @abc.abstractmethod
-    def stream(self, request: GenerationRequest) -> AsyncIterator[str | Finished]:
-        """Admission is checked when this is CALLED (before the first await): raises
-        cloud_server.errors.Overloaded at --max-queued, ShuttingDown while draining.
+    def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finished]:
+        """An async generator, as vLLM's ``AsyncLLM.generate``: calling it does nothing; its
+        first step admits the request, so the first ``__anext__`` raises
+        cloud_server.errors.Overloaded at --max-queued and ShuttingDown while draining.
 
         Yields text deltas (str, concatenating to the answer), then exactly one Finished, with
-        greedy decoding. If the consumer stops iterating (aclose(), cancellation, deadline), the
-        request is aborted and stops consuming compute."""
+        greedy decoding. However the consumer stops (aclose(), cancellation, deadline), the
+        request is aborted, stops consuming compute and gives its admission back."""
 
     @abc.abstractmethod
     def stats(self) -> EngineStats:
@@ -75,6 +80,17 @@ class GenerationEngine(abc.ABC):
 
     def arriving(self) -> contextlib.AbstractContextManager:
         """Optional hint (not part of the agreed seam, so it has a no-op default): the server
-        wraps the reading of a request's messages in it, so an engine with a batching window can
-        wait for requests already on their way instead of starting a batch of one."""
+        wraps the reading of a request's messages in it, and passes what it gives as the
+        request's ``arrival``, so an engine with a batching window can wait for requests already
+        on their way instead of starting a batch of one."""
         return contextlib.nullcontext()
+
+
+async def warm_up(engine: GenerationEngine, image_tokens: int, hidden_size: int,
+                  dtype: torch.dtype = torch.float32) -> None:
+    """One request through the engine's own ``generate``, so the first user does not pay for
+    lazy set-up anywhere on the path a real request takes."""
+    request = GenerationRequest("warm-up", "warm up", 2,
+                                lambda: torch.zeros(image_tokens, hidden_size, dtype=dtype))
+    async for _ in engine.generate(request):
+        pass

@@ -3,52 +3,21 @@
 All model work (a request's ``prepare``, prefill, token steps) runs on the scheduler's one
 thread (:mod:`cloud_server.engines.scheduler`), never on the event loop, which must keep serving
 health checks, cancellations and other clients while a batch generates. Each request's results
-cross back to the loop through its own queue, read by :class:`RequestStream`.
+cross back to the loop through its own queue, read by :meth:`BuiltinEngine.generate`.
 """
 
 from __future__ import annotations
 
 import asyncio
-
-import torch
+import logging
+from typing import AsyncIterator
 
 from cloud_server.engines.base import (EngineStats, Finished, GenerationEngine,
-                                       GenerationRequest)
-from cloud_server.engines.batching import Row
+                                       GenerationRequest, warm_up)
 from cloud_server.engines.scheduler import Job, Scheduler
 from cloud_server.cloud_half import CloudHalf
 
-
-class RequestStream:
-    """One request's text deltas, then its :class:`Finished`; stopping early (``aclose()``, or
-    the reading task cancelled) cancels the job, so it leaves the batch at the next step."""
-
-    def __init__(self, job: Job, outbox: asyncio.Queue):
-        self.job, self.outbox = job, outbox
-        self.ended = False
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self) -> str | Finished:
-        if self.ended:
-            raise StopAsyncIteration
-        try:
-            item = await self.outbox.get()
-        except BaseException:  # cancelled: client gone, deadline passed
-            await self.aclose()
-            raise
-        if isinstance(item, BaseException):
-            self.ended = True
-            raise item
-        if isinstance(item, Finished):
-            self.ended = True
-        return item
-
-    async def aclose(self) -> None:
-        if not self.ended:
-            self.ended = True
-            self.job.cancel()
+log = logging.getLogger("cloud_server")
 
 
 class BuiltinEngine(GenerationEngine):
@@ -66,22 +35,11 @@ class BuiltinEngine(GenerationEngine):
                    config.max_queued)
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.warm_up)
         self.scheduler.start()
+        await warm_up(self, self.cloud.image_tokens, self.cloud.text_hidden_size,
+                      self.cloud.model.dtype)
 
-    def warm_up(self) -> None:
-        """One prefill, join and step through the batch path, so the first user does not pay
-        for lazy initialisation."""
-        embeds = torch.zeros(1, self.cloud.image_tokens, self.cloud.text_hidden_size,
-                             dtype=self.cloud.model.dtype)
-        decoder = self.scheduler.decoder
-        rows = [Row(None, 2), Row(None, 2)]
-        decoder.join(rows[:1], embeds, ["warm up"])
-        decoder.join(rows[1:], embeds, ["warm up, twice"])
-        decoder.step()
-        decoder.drop(rows)
-
-    def stream(self, request: GenerationRequest) -> RequestStream:
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finished]:
         loop = asyncio.get_running_loop()
         outbox: asyncio.Queue = asyncio.Queue()
 
@@ -92,8 +50,20 @@ class BuiltinEngine(GenerationEngine):
                 pass
 
         job = Job(request.prepare, request.question, request.max_new_tokens, post)
-        self.scheduler.submit(job)  # raises Overloaded / ShuttingDown before any await
-        return RequestStream(job, outbox)
+        self.scheduler.submit(job, request.arrival)  # Overloaded / ShuttingDown
+        ended = False
+        try:
+            while not ended:
+                item = await outbox.get()
+                if isinstance(item, BaseException):
+                    ended = True
+                    raise item
+                ended = isinstance(item, Finished)
+                yield item
+        finally:
+            if not ended:  # closed early (client gone, deadline): leave the batch next step
+                job.cancel()
+                log.info("request %s aborted in the builtin engine", request.request_id)
 
     def stats(self) -> EngineStats:
         return EngineStats(queue_depth=self.scheduler.queue_depth(),

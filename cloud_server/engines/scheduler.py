@@ -74,6 +74,13 @@ class Job:
         self.cancelled.set()
 
 
+@dataclass
+class Arrival:
+    """A request counted as on its way (:meth:`Scheduler.on_the_way`) until it is submitted."""
+
+    done: bool = False
+
+
 class Scheduler:
     def __init__(self, cloud, max_batch_size: int = 32, batch_window_s: float = 0.005,
                  max_queued: int = 64):
@@ -91,8 +98,12 @@ class Scheduler:
     def start(self) -> None:
         self.thread.start()
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job, arrival: "Arrival | None" = None) -> None:
+        """Queues the job, or refuses it. ``arrival`` (from :meth:`on_the_way`) stops counting
+        under the same lock, so the model thread sees the request on its way or queued, never
+        neither, and cannot start a batch in between without it."""
         with self.wake:
+            self._arrived(arrival)
             if self.stopping:
                 raise ShuttingDown("the server is shutting down; retry on another replica")
             if len(self.pending) >= self.max_queued:
@@ -104,15 +115,23 @@ class Scheduler:
     @contextlib.contextmanager
     def on_the_way(self):
         """Marks a request as arriving (its messages are being read and checked), so an idle
-        model waits for it to batch with others; a request nobody else is near never waits."""
+        model waits for it to batch with others; a request nobody else is near never waits.
+        Gives the :class:`Arrival` to pass to :meth:`submit`."""
+        arrival = Arrival()
         with self.wake:
             self.incoming += 1
         try:
-            yield
+            yield arrival
         finally:
             with self.wake:
-                self.incoming -= 1
+                self._arrived(arrival)
                 self.wake.notify()
+
+    def _arrived(self, arrival: "Arrival | None") -> None:
+        # Called holding self.wake; an arrival ends once, submitted or given up.
+        if arrival is not None and not arrival.done:
+            arrival.done = True
+            self.incoming -= 1
 
     def queue_depth(self) -> int:
         return len(self.pending)

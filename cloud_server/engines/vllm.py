@@ -28,11 +28,10 @@ import json
 import logging
 import os
 import time
-
-import torch
+from typing import AsyncIterator
 
 from cloud_server.engines.base import (EngineStats, Finished, GenerationEngine,
-                                       GenerationRequest)
+                                       GenerationRequest, warm_up)
 from cloud_server.errors import Overloaded, ShuttingDown
 from common.split.checkpoint import build_prompt
 
@@ -94,40 +93,6 @@ class SchedulerView(StatLoggerBase):
         pass
 
 
-class _Ticket:
-    """One admitted request's place; released exactly once, however the request ends."""
-
-    def __init__(self, engine: "VllmEngine"):
-        self.engine, self.held = engine, True
-        engine.admitted += 1
-
-    def release(self) -> None:
-        if self.held:
-            self.held = False
-            self.engine.admitted -= 1
-            if self.engine.admitted == 0:
-                self.engine.idle.set()
-
-
-class _Stream:
-    """The request's async stream; closing it before it ran still frees its admission."""
-
-    def __init__(self, gen, ticket: _Ticket):
-        self.gen, self.ticket = gen, ticket
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        return await self.gen.__anext__()
-
-    async def aclose(self) -> None:
-        try:
-            await self.gen.aclose()
-        finally:
-            self.ticket.release()
-
-
 class _Progress:
     """One request's outputs so far. The answer is stripped (as the builtin engine's), so
     leading whitespace is dropped and trailing whitespace held back until text follows it: the
@@ -174,7 +139,7 @@ class VllmEngine(GenerationEngine):
         self.max_running = engine_args.get("max_num_seqs", 256)
         self.max_queued = max_queued
         self.llm: AsyncLLM | None = None
-        self.admitted = 0       # accepted by stream() and not finished (any stage)
+        self.admitted = 0       # admitted by generate() and not finished (any stage)
         self.preparing = 0      # of those, running their prepare (decode, projector)
         self.draining = False
         self.idle = asyncio.Event()
@@ -198,12 +163,8 @@ class VllmEngine(GenerationEngine):
         # Constructing it starts the engine core process and loads the model: blocking.
         self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args,
                                            stat_loggers=[self.view])
-        self.llm._run_output_handler()  # built off the loop: start its output task here
-        # One request through the whole path, so the first user does not pay for lazy set-up.
-        warm = GenerationRequest("warm-up", "warm up", 2, lambda: torch.zeros(
-            self.image_tokens, self.hidden_size))
-        async for _ in self.stream(warm):
-            pass
+        # No output task to start by hand: vLLM's add_request starts it, on the loop that calls.
+        await warm_up(self, self.image_tokens, self.hidden_size)
 
     async def drain(self) -> None:
         self.draining = True
@@ -220,18 +181,23 @@ class VllmEngine(GenerationEngine):
         positions as the embeddings have rows."""
         return build_prompt(self.processor, question)
 
-    def stream(self, request: GenerationRequest) -> _Stream:
+    def _admit(self) -> None:
         if self.draining:
             raise ShuttingDown("the server is shutting down; retry on another replica")
         if self.admitted >= self.max_running + self.max_queued:
             raise Overloaded(f"{self.admitted} requests are running or queued (at most "
                              f"{self.max_running} running, --max-batch-size, and "
                              f"{self.max_queued} waiting, --max-queued); retry later")
+        self.admitted += 1
         self.idle.clear()
-        ticket = _Ticket(self)
-        return _Stream(self._generate(request, ticket), ticket)
 
-    async def _generate(self, request: GenerationRequest, ticket: _Ticket):
+    def _release(self) -> None:
+        self.admitted -= 1
+        if self.admitted == 0:
+            self.idle.set()
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finished]:
+        self._admit()
         try:
             started = time.perf_counter()
             self.preparing += 1
@@ -258,8 +224,8 @@ class VllmEngine(GenerationEngine):
                             yield piece
                 finally:
                     if not state.finished:  # closed early: client gone or deadline passed
-                        log.info("request %s aborted in vLLM after %d tokens", vllm_id,
-                                 state.tokens)
+                        log.info("request %s aborted in the vllm engine after %d tokens",
+                                 vllm_id, state.tokens)
             done = time.perf_counter()
             queue_ms = state.queue_ms()
             yield Finished(text="".join(state.sent), tokens=state.tokens,
@@ -267,7 +233,7 @@ class VllmEngine(GenerationEngine):
                            prepare_ms=(prepared - started) * 1000, queue_ms=queue_ms,
                            generate_ms=max(0.0, (done - prepared) * 1000 - queue_ms))
         finally:
-            ticket.release()
+            self._release()
 
     # -- statistics -------------------------------------------------------------------------
     def _running(self) -> int:
