@@ -98,3 +98,57 @@ def test_metrics_count_requests_bytes_latency_and_tokens(server):
     assert grew('alignedvq_time_to_first_token_seconds_count{mode="image"}') == 1
     assert grew("alignedvq_generated_tokens_total") >= 2
     assert "alignedvq_queue_depth" in after and "alignedvq_batch_size" in after
+
+
+def _rpcs(samples: dict[str, float]) -> float:
+    """Every call of the inference service the server counted, whatever method and outcome
+    (GetServerInfo is counted though not logged)."""
+    return sum(v for k, v in samples.items() if k.startswith("alignedvq_requests_total{"))
+
+
+def _rpcs_of(server, *args) -> tuple[float, object]:
+    before = _scrape(server)
+    out = edge_agent_in_process("--server", server.address, "--image", IMAGE, "--json",
+                                "--question", "how many objects are there?", *args)
+    return _rpcs(_scrape(server)) - _rpcs(before), out
+
+
+def test_one_question_is_one_rpc_in_codes_mode_and_two_in_image_mode(server):
+    for args, expected in (((), 1), (("--mode", "fp16"), 1), (("--check-server",), 2),
+                           (("--mode", "image"), 2)):
+        count, out = _rpcs_of(server, *args)
+        assert out.returncode == 0, out.stderr
+        assert count == expected, args
+
+
+@pytest.fixture(scope="module")
+def foreign_codec(tmp_path_factory):
+    """The shipped codec with one codebook entry moved: same vision weights, another
+    fingerprint."""
+    import shutil
+
+    import torch
+
+    from common.codec.aligned_vq import AlignedVQ
+    from common.paths import DEFAULT_CODEC_DIR
+
+    codec = tmp_path_factory.mktemp("codec") / "codec"
+    shutil.copytree(DEFAULT_CODEC_DIR, codec)
+    c = AlignedVQ.load(codec)
+    with torch.no_grad():
+        c.codebooks[0, 0] += 1.0
+    c.save(codec)
+    return str(codec)
+
+
+def test_the_servers_refusal_of_a_foreign_codec_is_incompatible_server(server, foreign_codec):
+    count, out = _rpcs_of(server, "--codec", foreign_codec)
+    assert out.returncode == 3, out.stderr
+    assert "edge-agent: incompatible server: the server refused the request" in out.stderr
+    assert "this server decodes codec" in out.stderr  # the server's own details
+    assert count == 1
+    # --check-server refuses locally, after GetServerInfo only, with the local message.
+    count, out = _rpcs_of(server, "--codec", foreign_codec, "--check-server")
+    assert out.returncode == 3, out.stderr
+    assert "edge-agent: incompatible server: server decodes codec" in out.stderr
+    assert count == 1
