@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class BadInput(Exception):
-    """A flag or file this command cannot use (exit code 2); ``str()`` is the whole message."""
+    """A flag or file this command cannot use (exit code 2)."""
 
 
 @dataclass
@@ -166,7 +166,7 @@ class Exit:
 # Anything not here is a bug and ends with its traceback.
 EXITS: tuple[tuple[type[Exception], Exit], ...] = (
     (ImageRefused, Exit(2, "edge-agent: cannot use the image: {error}")),
-    (BadInput, Exit(2, "{error}")),
+    (BadInput, Exit(2, "edge-agent: {error}")),
     (IncompatibleServer, Exit(3, "edge-agent: incompatible server: {error}")),
     (ConnectionRefusedByServer, Exit(1, "edge-agent: {error}", lambda error, session: TLS_HINT)),
     (grpc.RpcError, Exit(1, "edge-agent: {status}: {details}", _rpc_hint)),
@@ -193,7 +193,7 @@ def exit_for(error: Exception, session: Session | None) -> int | None:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.runtime == "onnx" and args.mode != ALIGNEDVQ:
-        raise BadInput(f"edge-agent: --runtime onnx sends codebook indices only "
+        raise BadInput(f"--runtime onnx sends codebook indices only "
                        f"(--mode alignedvq), not --mode {args.mode}")
     return args
 
@@ -208,10 +208,10 @@ def load_onnx_edge(onnx_dir: str, threads: int = 0):
     try:
         return OnnxEdge(onnx_dir, threads)
     except EdgeExportMissing as e:
-        raise BadInput(f"edge-agent: {e}") from e
+        raise BadInput(str(e)) from e
     except Exception as e:  # noqa: BLE001 - ORT's load errors (InvalidProtobuf, Fail, ...)
         # derive from Exception only; any of them means this folder holds no usable graph.
-        raise BadInput(f"edge-agent: cannot load the ONNX edge in {onnx_dir}: {e}") from e
+        raise BadInput(f"cannot load the ONNX edge in {onnx_dir}: {e}") from e
 
 
 def load_torch_edge(args: argparse.Namespace):
@@ -266,7 +266,7 @@ def build(args: argparse.Namespace) -> Session:
     except ImageRefused:
         raise
     except (OSError, ValueError) as e:  # bad flags or files; later ones would be bugs
-        raise BadInput(f"edge-agent: {e}") from e
+        raise BadInput(str(e)) from e
     return Session(args, image, onnx_edge, ch, stub, retry, metadata)
 
 

@@ -32,7 +32,7 @@ class FakeRpcError(grpc.RpcError):
 
 @pytest.mark.parametrize("error, code, message", [
     (ImageRefused("not an image"), 2, "edge-agent: cannot use the image: not an image"),
-    (cli.BadInput("edge-agent: bad flag"), 2, "edge-agent: bad flag"),
+    (cli.BadInput("bad flag"), 2, "edge-agent: bad flag"),
     (IncompatibleServer("codec x"), 3, "edge-agent: incompatible server: codec x"),
     (FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "empty question"), 1,
      "edge-agent: INVALID_ARGUMENT: empty question"),
@@ -56,13 +56,15 @@ def test_an_error_not_in_the_table_is_left_as_a_bug():
 def test_bad_flags_exit_2_before_anything_goes_on_the_wire():
     base = ("--image", IMAGE, "--question", "q", "--server", "127.0.0.1:1", "--no-wait")
     r = edge_agent_in_process(*base, "--runtime", "onnx", "--mode", "image")
-    assert r.returncode == 2 and "--mode alignedvq" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith(
+        "edge-agent: --runtime onnx sends codebook indices only (--mode alignedvq), not --mode "
+        "image")
     r = edge_agent_in_process(*base, "--request-id", "has spaces", "--mode", "image")
     assert r.returncode == 2 and "edge-agent: --request-id 'has spaces'" in r.stderr
     r = edge_agent_in_process("--image", "/nonexistent.png", "--question", "q", "--mode", "image")
     assert r.returncode == 2 and r.stderr.startswith("edge-agent: ")
     r = edge_agent_in_process(*base, "--runtime", "onnx", "--onnx-dir", "/nonexistent")
-    assert r.returncode == 2 and "export-edge" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("edge-agent: ") and "export-edge" in r.stderr
 
 
 class FakeEdge:
