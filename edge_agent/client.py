@@ -96,8 +96,8 @@ def _responses(open_call, timeout: float | None, retry):
     return retry(attempt) if retry is not None else attempt(timeout)
 
 
-def ask_with_codes(stub: pb_grpc.InferenceServiceStub, edge: EdgeEncoder, image: Image.Image, question: str,
-                   max_new_tokens: int = 0, on_delta=lambda text: None,
+def ask_with_codes(stub: pb_grpc.InferenceServiceStub, edge: EdgeEncoder, image: Image.Image,
+                   question: str, max_new_tokens: int = 0, on_delta=lambda text: None,
                    timeout: float | None = None, metadata=None, retry=None) -> Result:
     """One RPC, with no GetServerInfo before it: the server checks the header's fingerprints and
     answers FAILED_PRECONDITION on a mismatch, raised here as :class:`IncompatibleServer`.
