@@ -119,6 +119,107 @@ _KINDS = {(False, False): (grpc.unary_unary_rpc_method_handler, "unary_unary"),
           (True, True): (grpc.stream_stream_rpc_method_handler, "stream_stream")}
 
 
+class _Method:
+    """One method's wrapper: everything the interceptor learns from the handler once, and the
+    steps every call of it goes through (begin, admit, run, end or refuse)."""
+
+    def __init__(self, layer: "RpcLayer", full_method: str, metadata, handler):
+        service, _, method = full_method.lstrip("/").rpartition("/")
+        self.layer, self.full_method, self.metadata, self.handler = (layer, full_method,
+                                                                     metadata, handler)
+        self.owned = service == layer.owned
+        # Calls of other services (health, reflection) are named in full in the log: they are
+        # logged only when refused, and their short names would not say which service it was.
+        self.name = method if self.owned else full_method
+        make, attribute = _KINDS[(handler.request_streaming, handler.response_streaming)]
+        self.make, self.behavior = make, getattr(handler, attribute)
+
+    @property
+    def type_name(self) -> str:
+        # The generated deserializer is a bound ``Message.FromString``: its class names the type.
+        owner = getattr(self.handler.request_deserializer, "__self__", None)
+        return getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request message")
+
+    def handler_for_server(self):
+        run = self.stream if self.handler.response_streaming else self.unary
+        return self.make(run, request_deserializer=tolerant(self.handler.request_deserializer,
+                                                            self.type_name),
+                         response_serializer=self.handler.response_serializer)
+
+    # -- one call ------------------------------------------------------------------------
+    def begin(self) -> Call:
+        call = Call(self.layer.metrics if self.owned else None, self.name, self.metadata)
+        _CURRENT.set(call)
+        return call
+
+    async def admit(self, call: Call, context) -> None:
+        if not self.owned:
+            return  # health probes and reflection need no credentials
+        if self.layer.authenticate is not None:
+            self.layer.authenticate(self.metadata)  # raises Unauthenticated
+        await context.send_initial_metadata(((METADATA_KEY, call.request_id),))
+
+    def ended(self, call: Call, code: grpc.StatusCode, detail: str = "") -> None:
+        if self.owned:  # health probes and reflection are not logged unless refused
+            call.done(code, detail)
+
+    async def refuse(self, call: Call, context, error: Exception):
+        if isinstance(error, ServiceError):
+            code, detail = status_for(error), str(error)
+            call.done(code, detail)
+        elif isinstance(error, NotImplementedError):  # a generated servicer's default body
+            code, detail = grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!"
+            call.done(code, detail)
+        else:  # a bug: say so, with its traceback, and keep serving
+            log.error("internal error in %s", self.full_method, exc_info=error,
+                      extra={"request_id": call.request_id})
+            code = grpc.StatusCode.INTERNAL
+            detail = f"internal error (request id {call.request_id}); see the server log"
+            call.done(code, str(error))
+        await context.abort(code, detail)
+
+    @contextlib.asynccontextmanager
+    async def outcome(self, call: Call, context):
+        """However the call ends: OK, cancelled, refused (the table) or a bug."""
+        try:
+            await self.admit(call, context)
+            yield
+            self.ended(call, grpc.StatusCode.OK)
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            self.ended(call, grpc.StatusCode.CANCELLED, "client went away or its deadline passed")
+            raise
+        except Exception as e:
+            await self.refuse(call, context, e)
+
+    def request_of(self, request, call: Call):
+        if self.handler.request_streaming:
+            return _messages(request, call)
+        return _unwrap(request, call)
+
+    async def stream(self, request, context):
+        call = self.begin()
+        async with self.outcome(call, context):
+            result = self.behavior(self.request_of(request, call), context)
+            if hasattr(result, "__aiter__"):
+                async for response in result:
+                    yield response
+            elif inspect.isawaitable(result):  # a servicer using context.write()
+                await result
+            else:
+                for response in result:
+                    yield response
+
+    async def unary(self, request, context):
+        call = self.begin()
+        async with self.outcome(call, context):
+            response = self.behavior(self.request_of(request, call), context)
+            if inspect.isawaitable(response):  # grpc's generated stubs are plain defs
+                response = await response
+            return response
+
+
 class RpcLayer(grpc.aio.ServerInterceptor):
     """``owned``: the service whose calls are logged, counted and authenticated (health and
     reflection stay open, so probes and tools need no credentials). ``authenticate(metadata)``
@@ -131,90 +232,5 @@ class RpcLayer(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None  # unknown method: UNIMPLEMENTED, as gRPC answers it
-        full_method = handler_call_details.method
-        service, _, method = full_method.lstrip("/").rpartition("/")
-        owned = service == self.owned
-        metadata = handler_call_details.invocation_metadata
-        make, attribute = _KINDS[(handler.request_streaming, handler.response_streaming)]
-        behavior = getattr(handler, attribute)
-        type_name = getattr(handler.request_deserializer, "__self__", None)
-        type_name = getattr(getattr(type_name, "DESCRIPTOR", None), "full_name",
-                            "request message")
-        layer = self
-
-        def begin() -> Call:
-            call = Call(layer.metrics if owned else None, method if owned else full_method,
-                        metadata)
-            _CURRENT.set(call)
-            return call
-
-        async def admit(call: Call, context) -> None:
-            if owned and layer.authenticate is not None:
-                layer.authenticate(metadata)  # raises Unauthenticated
-            if owned:  # the request id is echoed on every inference call
-                await context.send_initial_metadata(((METADATA_KEY, call.request_id),))
-
-        def ended(call: Call, code: grpc.StatusCode, detail: str = "") -> None:
-            if owned:  # health probes and reflection are not logged unless refused
-                call.done(code, detail)
-
-        async def refuse(call: Call, context, error: Exception):
-            if isinstance(error, ServiceError):
-                code, detail = status_for(error), str(error)
-                call.done(code, detail)
-            elif isinstance(error, NotImplementedError):  # a generated servicer's default body
-                code, detail = grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!"
-                call.done(code, detail)
-            else:  # a bug: say so, with its traceback, and keep serving
-                log.error("internal error in %s", full_method, exc_info=error,
-                          extra={"request_id": call.request_id})
-                code = grpc.StatusCode.INTERNAL
-                detail = f"internal error (request id {call.request_id}); see the server log"
-                call.done(code, str(error))
-            await context.abort(code, detail)
-
-        @contextlib.asynccontextmanager
-        async def outcome(call: Call, context):
-            """However the call ends: OK, cancelled, refused (the table) or a bug."""
-            try:
-                await admit(call, context)
-                yield
-                ended(call, grpc.StatusCode.OK)
-            except grpc.aio.AbortError:
-                raise
-            except asyncio.CancelledError:
-                ended(call, grpc.StatusCode.CANCELLED, "client went away or its deadline passed")
-                raise
-            except Exception as e:
-                await refuse(call, context, e)
-
-        def request_of(request, call):
-            if handler.request_streaming:
-                return _messages(request, call)
-            return _unwrap(request, call)
-
-        if handler.response_streaming:
-            async def wrapped(request, context):
-                call = begin()
-                async with outcome(call, context):
-                    result = behavior(request_of(request, call), context)
-                    if hasattr(result, "__aiter__"):
-                        async for response in result:
-                            yield response
-                    elif inspect.isawaitable(result):  # a servicer using context.write()
-                        await result
-                    else:
-                        for response in result:
-                            yield response
-        else:
-            async def wrapped(request, context):
-                call = begin()
-                async with outcome(call, context):
-                    response = behavior(request_of(request, call), context)
-                    if inspect.isawaitable(response):  # grpc's generated stubs are plain defs
-                        response = await response
-                    return response
-
-        return make(wrapped, request_deserializer=tolerant(handler.request_deserializer,
-                                                           type_name),
-                    response_serializer=handler.response_serializer)
+        return _Method(self, handler_call_details.method,
+                       handler_call_details.invocation_metadata, handler).handler_for_server()

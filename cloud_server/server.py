@@ -1,6 +1,9 @@
-"""``cloud-server``: the grpc.aio server skeleton. Build, add the inference, health and
-reflection services, start, load the model off the loop and start the engine, report SERVING,
-and on SIGTERM/SIGINT report NOT_SERVING and drain in-flight requests for ``--grace-seconds``."""
+"""``cloud-server``: the grpc.aio server skeleton, in two steps. :func:`build`: the server with
+the inference, health and reflection services behind the RPC layer, bound (exit 2 for a bad
+TLS/auth setup or a missing engine, 1 when the port cannot be bound). :class:`Running`: start,
+load the model off the loop and start the engine, report SERVING, and on SIGTERM/SIGINT report
+NOT_SERVING and drain in-flight requests for ``--grace-seconds`` (exit 1 when the model does
+not load)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import logging
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,7 +35,29 @@ log = logging.getLogger("cloud_server")
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 
 
-async def serve(config: ServerConfig) -> int:
+class CannotStart(Exception):
+    """The server cannot be built: ``code`` is the process's exit code."""
+
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass
+class Built:
+    """A bound server with its services, not started; nothing loaded yet."""
+
+    config: ServerConfig
+    server: grpc.aio.Server
+    port: int
+    service: InferenceService
+    health: health.aio.HealthServicer
+    metrics: Metrics
+    create_engine: Callable
+
+
+def build(config: ServerConfig) -> Built:
+    """Options, security, the RPC layer, the servicers, health, reflection, and the bind."""
     options = [("grpc.max_receive_message_length", config.max_message_bytes),
                ("grpc.max_send_message_length", config.max_message_bytes)]
     # Before anything loads or binds: a half-configured TLS/auth setup or an engine that is not
@@ -40,7 +67,7 @@ async def serve(config: ServerConfig) -> int:
         create_engine = engine_factory(config.engine)
     except (SecurityConfigError, EngineUnavailable) as e:
         print(f"cloud-server: {e}", file=sys.stderr, flush=True)
-        return 2
+        raise CannotStart(2) from e
     metrics = Metrics()
     rpc_layer = RpcLayer(metrics, owned=SERVICE_NAME, authenticate=security.authenticate)
     server = grpc.aio.server(options=options, interceptors=[rpc_layer])
@@ -54,64 +81,93 @@ async def serve(config: ServerConfig) -> int:
     port = security.bind(server, f"{config.host}:{config.port}")
     if port == 0:
         log.error("could not bind %s:%s", config.host, config.port)
-        return 1
+        raise CannotStart(1)
     log.info("transport: %s", security.description)
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await server.start()
-    # Parsed by tests and scripts that start the server on port 0.
-    print(f"cloud-server listening on {config.host}:{port}", flush=True)
-    if config.metrics_port is not None:
-        metrics_port = metrics.serve(config.host, config.metrics_port)
-        print(f"cloud-server metrics on http://{config.host}:{metrics_port}/metrics", flush=True)
+    return Built(config, server, port, service, health_servicer, metrics, create_engine)
 
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
 
-    engine = None
-    load_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
+class Running:
+    """One start of a built server: listening at once, SERVING once the model is loaded and the
+    engine started, draining on SIGTERM/SIGINT."""
 
-    async def load_and_start():
-        nonlocal engine
+    def __init__(self, built: Built):
+        self.built, self.config = built, built.config
+        self.engine = None
+        self.stopping = asyncio.Event()
         # Never on the loop; on its own thread, so a SIGTERM during loading need not wait for it.
-        model = await loop.run_in_executor(load_thread, loader.load, config)
-        engine = create_engine(config, model)
-        await engine.start()
-        return Backend.build(config, model, engine)
+        self.load_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
 
-    loading = asyncio.ensure_future(load_and_start())
-    await asyncio.wait({loading, asyncio.ensure_future(stopping.wait())},
-                       return_when=asyncio.FIRST_COMPLETED)
-    if loading.done():
-        if loading.exception() is not None:
-            log.error("could not load the model: %s", loading.exception())
-            await server.stop(0)
-            return 1
-        backend = loading.result()
-        metrics.watch(engine)
-        service.serve_with(backend)
+    async def run(self) -> int:
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._start()
+        loading = asyncio.ensure_future(self._load_and_start())
+        await asyncio.wait({loading, asyncio.ensure_future(self.stopping.wait())},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            if loading.exception() is not None:
+                log.error("could not load the model: %s", loading.exception())
+                await self.built.server.stop(0)
+                return 1
+            await self._serve(loading.result())
+            await self.stopping.wait()
+        await self._drain()
+        return 0
+
+    async def _set_health(self, status) -> None:
         for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.built.health.set(name, status)
+
+    async def _start(self) -> None:
+        b, config = self.built, self.config
+        await b.server.start()
+        # Parsed by tests and scripts that start the server on port 0.
+        print(f"cloud-server listening on {config.host}:{b.port}", flush=True)
+        if config.metrics_port is not None:
+            metrics_port = b.metrics.serve(config.host, config.metrics_port)
+            print(f"cloud-server metrics on http://{config.host}:{metrics_port}/metrics",
+                  flush=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+
+    async def _load_and_start(self) -> Backend:
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(self.load_thread, loader.load, self.config)
+        self.engine = self.built.create_engine(self.config, model)
+        await self.engine.start()
+        return Backend.build(self.config, model, self.engine)
+
+    async def _serve(self, backend: Backend) -> None:
+        self.built.metrics.watch(self.engine)
+        self.built.service.serve_with(backend)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s (codec %s) on %s with the %s engine", backend.model.model_id,
-                 backend.model.cloud.codec_fingerprint or "none", config.resolved_device(),
-                 engine.name)
+                 backend.model.cloud.codec_fingerprint or "none", self.config.resolved_device(),
+                 self.engine.name)
         print("cloud-server ready", flush=True)
-        await stopping.wait()
-    log.info("shutting down: draining in-flight requests for up to %.0f s", config.grace_seconds)
-    await health_servicer.enter_graceful_shutdown()
-    # gRPC stops taking new calls and lets the open ones finish (they may still be reading
-    # their messages, so the engine keeps admitting them), then the engine drains.
-    await server.stop(config.grace_seconds)
-    if engine is not None:
-        try:
-            await asyncio.wait_for(engine.drain(), 5.0)
-        except TimeoutError:
-            log.warning("the engine did not drain within 5 s")
-        await engine.close()
-    load_thread.shutdown(wait=False, cancel_futures=True)
-    return 0
+
+    async def _drain(self) -> None:
+        log.info("shutting down: draining in-flight requests for up to %.0f s",
+                 self.config.grace_seconds)
+        await self.built.health.enter_graceful_shutdown()
+        # gRPC stops taking new calls and lets the open ones finish (they may still be reading
+        # their messages, so the engine keeps admitting them), then the engine drains.
+        await self.built.server.stop(self.config.grace_seconds)
+        if self.engine is not None:
+            try:
+                await asyncio.wait_for(self.engine.drain(), 5.0)
+            except TimeoutError:
+                log.warning("the engine did not drain within 5 s")
+            await self.engine.close()
+        self.load_thread.shutdown(wait=False, cancel_futures=True)
+
+
+async def serve(config: ServerConfig) -> int:
+    try:
+        built = build(config)
+    except CannotStart as e:
+        return e.code
+    return await Running(built).run()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,17 @@ codebook indices; ``--mode image`` uploads the image as JPEG (the cloud-only bas
 
 ``--runtime torch`` (default) runs the edge half with PyTorch; ``--runtime onnx`` runs the graph
 ``alignedvq export-edge`` wrote, with ONNX Runtime, and imports neither torch nor transformers.
+
+Round trips: one question in a feature mode is ONE RPC, ``AnswerFromCodes``. The server checks
+the request's vision and codec fingerprints itself and refuses a mismatch with
+FAILED_PRECONDITION, which this command reports as "incompatible server" (exit code 3), as the
+local check does; ``--check-server`` asks ``GetServerInfo`` first and refuses locally, before
+encoding anything (two RPCs). ``--mode image`` always asks ``GetServerInfo`` first (two RPCs):
+the JPEG is the exact square the server's model sees, and an image-mode edge holds no model to
+read that size from.
+
+Exit codes: 0 answered; 1 the call failed (gRPC status, with a hint where one helps); 2 bad
+flags or files, or an image it refuses; 3 incompatible server.
 """
 
 from __future__ import annotations
@@ -13,18 +24,21 @@ import argparse
 import base64
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import grpc
 
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common._runtime.fast_exit import exit_now
 from common.wire.modes import ALIGNEDVQ, EDGE_MODES, FEATURE_MODES, IMAGE_MODE
-from common.imaging.policy import (DEFAULT_MAX_PIXELS, ImageRefused, check_image, checkpoint_image_size,
-                           load_model_input)
+from common.imaging.policy import (DEFAULT_MAX_PIXELS, ImageRefused, check_image,
+                                   checkpoint_image_size, load_model_input)
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_EDGE_DIR, DEFAULT_MODEL_DIR
 from common.wire.request_ids import METADATA_KEY, is_valid, new_request_id
-from edge_agent.client import (IncompatibleServer, ask_with_codes, ask_with_image, auth_metadata, check_compatible, read_token, server_info)
+from edge_agent.client import (IncompatibleServer, Result, ask_with_codes, ask_with_image,
+                               auth_metadata, check_compatible, read_token, server_info)
 from common.wire.channels import channel, grpc_target
 from edge_agent.retry import (ConnectionRefusedByServer, Retrying, channel_ready,
                               listener_accepts)
@@ -80,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local checkpoint; the edge reads only its vision weights")
     p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR), help="AlignedVQ codec folder")
     p.add_argument("--split-layer", type=int, help="must match the server's (GetServerInfo)")
+    p.add_argument("--check-server", action="store_true",
+                   help="feature modes: ask GetServerInfo first and refuse an incompatible "
+                        "server before encoding (two RPCs; default: one, AnswerFromCodes, whose "
+                        "FAILED_PRECONDITION says the same). --mode image always asks it, for "
+                        "the server's input size")
     p.add_argument("--device", default="auto",
                    help="cpu or cuda[:N] for the vision tower; auto = cuda when available")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -104,117 +123,177 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class BadInput(Exception):
+    """A flag or file this command cannot use (exit code 2)."""
+
+
+@dataclass
+class Session:
+    """What one question needs, built before anything goes on the wire."""
+
+    args: argparse.Namespace
+    image: object            # the model's input square (feature modes) or None (image mode)
+    edge: object             # an edge_agent.encoder.EdgeEncoder, or None (image mode)
+    channel: grpc.Channel
+    stub: pb_grpc.InferenceServiceStub
+    retry: Retrying
+    metadata: tuple
+
+
+def _rpc_hint(error: grpc.RpcError, session: Session | None) -> str | None:
+    if session is None:
+        return None
+    args = session.args
+    if args.no_wait:
+        # One attempt, so no waiting told the cases apart: ask the same question here.
+        if error.code() == grpc.StatusCode.UNAVAILABLE and not channel_ready(
+                session.channel, 0.05) and listener_accepts(grpc_target(args.server)):
+            return TLS_HINT
+    elif error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          grpc.StatusCode.DEADLINE_EXCEEDED):
+        return f"edge-agent: no answer from {args.server} within --timeout {args.timeout:g} s"
+    return None
+
+
+@dataclass(frozen=True)
+class Exit:
+    code: int
+    message: str  # str.format fields: error, and for gRPC errors status and details
+    hint: Callable[[Exception, Session | None], str | None] = lambda error, session: None
+
+
+# The one place an error becomes an exit code and a message; the first matching row wins.
+# Anything not here is a bug and ends with its traceback.
+EXITS: tuple[tuple[type[Exception], Exit], ...] = (
+    (ImageRefused, Exit(2, "edge-agent: cannot use the image: {error}")),
+    (BadInput, Exit(2, "edge-agent: {error}")),
+    (IncompatibleServer, Exit(3, "edge-agent: incompatible server: {error}")),
+    (ConnectionRefusedByServer, Exit(1, "edge-agent: {error}", lambda error, session: TLS_HINT)),
+    (grpc.RpcError, Exit(1, "edge-agent: {status}: {details}", _rpc_hint)),
+)
+
+
+def exit_for(error: Exception, session: Session | None) -> int | None:
+    """Prints what ``error`` means and returns its exit code; None for an error not in EXITS."""
+    for kind, exit in EXITS:
+        if isinstance(error, kind):
+            fields = {"error": error}
+            if isinstance(error, grpc.RpcError):
+                fields.update(status=error.code().name, details=error.details())
+            print(exit.message.format(**fields), file=sys.stderr)
+            hint = exit.hint(error, session)
+            if hint:
+                print(hint, file=sys.stderr)
+            return exit.code
+    return None
+
+
+# --- parse -----------------------------------------------------------------------------------
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.runtime == "onnx" and args.mode != ALIGNEDVQ:
+        raise BadInput(f"--runtime onnx sends codebook indices only "
+                       f"(--mode alignedvq), not --mode {args.mode}")
+    return args
+
+
+# --- build -----------------------------------------------------------------------------------
+
 def load_onnx_edge(onnx_dir: str, threads: int = 0):
-    """The ONNX edge, or None after printing why not (a missing export says how to make one)."""
+    """The ONNX edge; BadInput saying why not (a missing export says how to make one)."""
     from edge_agent.edge_spec import EdgeExportMissing
     from edge_agent.onnx_edge import OnnxEdge
 
     try:
         return OnnxEdge(onnx_dir, threads)
     except EdgeExportMissing as e:
-        print(f"edge-agent: {e}", file=sys.stderr)
+        raise BadInput(str(e)) from e
     except Exception as e:  # noqa: BLE001 - ORT's load errors (InvalidProtobuf, Fail, ...)
         # derive from Exception only; any of them means this folder holds no usable graph.
-        print(f"edge-agent: cannot load the ONNX edge in {onnx_dir}: {e}", file=sys.stderr)
-    return None
+        raise BadInput(f"cannot load the ONNX edge in {onnx_dir}: {e}") from e
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.runtime == "onnx" and args.mode != ALIGNEDVQ:
-        print(f"edge-agent: --runtime onnx sends codebook indices only (--mode alignedvq), "
-              f"not --mode {args.mode}", file=sys.stderr)
-        return 2
-    onnx_edge = None
-    if args.runtime == "onnx":
-        # Loaded before anything goes on the wire, so a missing export fails fast.
-        onnx_edge = load_onnx_edge(args.onnx_dir, args.threads)
-        if onnx_edge is None:
-            return 2
-    # The image is checked (image mode) or made into the model's input square (feature modes)
-    # before the model loads and before anything goes on the network: a bad file exits 2 at
-    # once, and a large image is decoded while the process is still small.
-    try:
-        if args.mode == IMAGE_MODE:
-            check_image(args.image, args.max_image_pixels)
-            image = None
-        else:
-            # The ONNX edge knows its input size from its sidecar: a device needs no checkpoint.
-            size = onnx_edge.spec.image_size if onnx_edge else checkpoint_image_size(args.model)
-            image = load_model_input(args.image, size, args.max_image_pixels)
-    except ImageRefused as e:
-        print(f"edge-agent: cannot use the image: {e}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as e:
-        print(f"edge-agent: {e}", file=sys.stderr)
-        return 2
-    try:
-        token = read_token(args.auth_token_file) if args.auth_token_file else None
-        request_id = args.request_id or new_request_id()
-        if not is_valid(request_id):
-            raise ValueError(f"--request-id {request_id!r}: use 1-128 letters, digits or ._:/+=@-")
-        metadata = (*(auth_metadata(token) or ()), (METADATA_KEY, request_id))
-        ch = channel(args.server, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
-                     tls_key=args.tls_key, tls_server_name=args.tls_server_name)
-        stub = pb_grpc.InferenceServiceStub(ch)
-        retry = Retrying(ch, grpc_target(args.server), args.timeout, wait=not args.no_wait,
-                         on_wait=lambda e: print(
-                             f"edge-agent: waiting for {args.server} ({e.code().name}: "
-                             f"{e.details()}); retrying for up to --timeout {args.timeout:g} s",
-                             file=sys.stderr, flush=True))
-    except (OSError, ValueError) as e:
-        print(f"edge-agent: {e}", file=sys.stderr)
-        return 2
+def load_torch_edge(args: argparse.Namespace):
+    import torch
+
+    from common.split.checkpoint import default_device
+    from edge_agent.torch_edge import EdgeHalf
+
+    device = default_device() if args.device == "auto" else args.device
+    return EdgeHalf(args.model, args.codec if args.mode == ALIGNEDVQ else None, args.mode,
+                    args.split_layer, device, getattr(torch, args.dtype))
+
+
+def build_image(args: argparse.Namespace, onnx_edge):
+    """Checked (image mode) or made into the model's input square (feature modes) before the
+    model loads and before anything goes on the network: a bad file exits 2 at once, and a
+    large image is decoded while the process is still small."""
+    if args.mode == IMAGE_MODE:
+        check_image(args.image, args.max_image_pixels)
+        return None
+    # The ONNX edge knows its input size from its sidecar: a device needs no checkpoint.
+    size = onnx_edge.spec.image_size if onnx_edge else checkpoint_image_size(args.model)
+    return load_model_input(args.image, size, args.max_image_pixels)
+
+
+def build_call(args: argparse.Namespace):
+    """(channel, stub, retry, metadata) for the question."""
+    token = read_token(args.auth_token_file) if args.auth_token_file else None
+    request_id = args.request_id or new_request_id()
+    if not is_valid(request_id):
+        raise ValueError(f"--request-id {request_id!r}: use 1-128 letters, digits or ._:/+=@-")
+    metadata = (*(auth_metadata(token) or ()), (METADATA_KEY, request_id))
+    ch = channel(args.server, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                 tls_server_name=args.tls_server_name)
+    retry = Retrying(ch, grpc_target(args.server), args.timeout, wait=not args.no_wait,
+                     on_wait=lambda e: print(
+                         f"edge-agent: waiting for {args.server} ({e.code().name}: "
+                         f"{e.details()}); retrying for up to --timeout {args.timeout:g} s",
+                         file=sys.stderr, flush=True))
     if token and not (args.tls_ca or args.tls_cert):
         print("edge-agent: warning: sending the bearer token without TLS; anyone on the path "
               "can read it (add --tls-ca)", file=sys.stderr)
+    return ch, pb_grpc.InferenceServiceStub(ch), retry, metadata
+
+
+def build(args: argparse.Namespace) -> Session:
+    # The ONNX edge loads before anything goes on the wire, so a missing export fails fast.
+    onnx_edge = load_onnx_edge(args.onnx_dir, args.threads) if args.runtime == "onnx" else None
     try:
-        info = server_info(stub, metadata=metadata, retry=retry)
-        stream = (lambda t: None) if args.json else (lambda t: print(t, end="", flush=True))
-        if args.mode == IMAGE_MODE:
-            image = load_model_input(args.image, info.image_size, args.max_image_pixels)
-            result = ask_with_image(stub, image, args.question, info.image_size,
-                                    args.jpeg_quality, args.max_new_tokens, stream,
-                                    metadata=metadata, retry=retry)
-        elif onnx_edge is not None:
-            check_compatible(info, onnx_edge)
-            result = ask_with_codes(stub, onnx_edge, image, args.question, args.max_new_tokens,
-                                    stream, metadata=metadata, retry=retry)
-        else:
-            import torch
+        image = build_image(args, onnx_edge)
+        ch, stub, retry, metadata = build_call(args)
+    except ImageRefused:
+        raise
+    except (OSError, ValueError) as e:  # bad flags or files; later ones would be bugs
+        raise BadInput(str(e)) from e
+    return Session(args, image, onnx_edge, ch, stub, retry, metadata)
 
-            from common.split.checkpoint import default_device
-            from edge_agent.torch_edge import EdgeHalf
 
-            device = default_device() if args.device == "auto" else args.device
-            edge = EdgeHalf(args.model, args.codec if args.mode == ALIGNEDVQ else None,
-                            args.mode, args.split_layer, device,
-                            getattr(torch, args.dtype))
-            check_compatible(info, edge)
-            result = ask_with_codes(stub, edge, image, args.question, args.max_new_tokens,
-                                    stream, metadata=metadata, retry=retry)
-    except ImageRefused as e:
-        print(f"edge-agent: cannot use the image: {e}", file=sys.stderr)
-        return 2
-    except IncompatibleServer as e:
-        print(f"edge-agent: incompatible server: {e}", file=sys.stderr)
-        return 3
-    except ConnectionRefusedByServer as e:
-        print(f"edge-agent: {e}", file=sys.stderr)
-        print(TLS_HINT, file=sys.stderr)
-        return 1
-    except grpc.RpcError as e:
-        print(f"edge-agent: {e.code().name}: {e.details()}", file=sys.stderr)
-        if args.no_wait:
-            # One attempt, so no waiting told the cases apart: ask the same question here.
-            if e.code() == grpc.StatusCode.UNAVAILABLE and not channel_ready(ch, 0.05) and \
-                    listener_accepts(grpc_target(args.server)):
-                print(TLS_HINT, file=sys.stderr)
-        elif e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          grpc.StatusCode.DEADLINE_EXCEEDED):
-            print(f"edge-agent: no answer from {args.server} within --timeout "
-                  f"{args.timeout:g} s", file=sys.stderr)
-        return 1
+# --- ask -------------------------------------------------------------------------------------
+
+def ask(s: Session) -> Result:
+    args = s.args
+    stream = (lambda t: None) if args.json else (lambda t: print(t, end="", flush=True))
+    if args.mode == IMAGE_MODE:
+        info = server_info(s.stub, metadata=s.metadata, retry=s.retry)
+        image = load_model_input(args.image, info.image_size, args.max_image_pixels)
+        return ask_with_image(s.stub, image, args.question, info.image_size, args.jpeg_quality,
+                              args.max_new_tokens, stream, metadata=s.metadata, retry=s.retry)
+    info = server_info(s.stub, metadata=s.metadata, retry=s.retry) if args.check_server \
+        else None
+    # Loaded after --check-server's answer, as before: a server that cannot decode this edge's
+    # payload is refused without loading torch.
+    edge = s.edge or load_torch_edge(args)
+    if info is not None:
+        check_compatible(info, edge)
+    return ask_with_codes(s.stub, edge, s.image, args.question, args.max_new_tokens, stream,
+                          metadata=s.metadata, retry=s.retry)
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def report(args: argparse.Namespace, result: Result) -> None:
     if args.dump_payload:
         Path(args.dump_payload).write_text(json.dumps({
             "method": METHODS[args.mode],
@@ -225,6 +304,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[{result.mode}: {result.payload_bytes} B sent, edge {result.edge_ms:.0f} ms, "
               f"network {result.network_ms:.0f} ms, cloud {result.cloud_ms:.0f} ms, "
               f"total {result.total_ms:.0f} ms]", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    session = None
+    try:
+        args = parse(argv)
+        session = build(args)
+        result = ask(session)
+    except Exception as error:
+        code = exit_for(error, session)
+        if code is None:
+            raise
+        return code
+    report(args, result)
     return 0
 
 

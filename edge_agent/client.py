@@ -1,4 +1,5 @@
-"""The edge side of one request: check compatibility, encode, stream, collect the answer."""
+"""The edge side of one request: encode, stream, collect the answer; optionally check
+compatibility first (GetServerInfo)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from edge_agent.encoder import EdgeEncoder
 
 
 class IncompatibleServer(RuntimeError):
-    pass
+    """The server cannot decode this edge's payload: found by :func:`check_compatible` from
+    GetServerInfo, or said by the server itself (FAILED_PRECONDITION) to ``ask_with_codes``."""
 
 
 @dataclass
@@ -94,11 +96,13 @@ def _responses(open_call, timeout: float | None, retry):
     return retry(attempt) if retry is not None else attempt(timeout)
 
 
-def ask_with_codes(stub: pb_grpc.InferenceServiceStub, edge: EdgeEncoder, image: Image.Image, question: str,
-                   max_new_tokens: int = 0, on_delta=lambda text: None,
+def ask_with_codes(stub: pb_grpc.InferenceServiceStub, edge: EdgeEncoder, image: Image.Image,
+                   question: str, max_new_tokens: int = 0, on_delta=lambda text: None,
                    timeout: float | None = None, metadata=None, retry=None) -> Result:
-    """``retry`` (an :class:`edge_agent.retry.Retrying`) waits and retries within its own
-    timeout; without it the call makes one attempt within ``timeout``."""
+    """One RPC, with no GetServerInfo before it: the server checks the header's fingerprints and
+    answers FAILED_PRECONDITION on a mismatch, raised here as :class:`IncompatibleServer`.
+    ``retry`` (an :class:`edge_agent.retry.Retrying`) waits and retries within its own timeout;
+    without it the call makes one attempt within ``timeout``."""
     started = time.perf_counter()
     chunks = edge.chunks([image])[0]
     messages = edge.messages(chunks, question, max_new_tokens)
@@ -106,9 +110,15 @@ def ask_with_codes(stub: pb_grpc.InferenceServiceStub, edge: EdgeEncoder, image:
     result.messages = [m.SerializeToString() for m in messages]
     result.payload_bytes = sum(map(len, result.messages))
     result.edge_ms = (time.perf_counter() - started) * 1000
-    responses = _responses(lambda t: stub.AnswerFromCodes(iter(messages), timeout=t,
-                                                          metadata=metadata), timeout, retry)
-    return _finish(result, responses, started, on_delta)
+    try:
+        responses = _responses(lambda t: stub.AnswerFromCodes(iter(messages), timeout=t,
+                                                              metadata=metadata), timeout, retry)
+        return _finish(result, responses, started, on_delta)
+    except grpc.RpcError as e:
+        # The server's errors table gives FAILED_PRECONDITION to Incompatible only.
+        if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            raise IncompatibleServer(f"the server refused the request: {e.details()}") from e
+        raise
 
 
 def ask_with_image(stub: pb_grpc.InferenceServiceStub, image: Image.Image, question: str,

@@ -3,6 +3,7 @@ sets, the server logs and echoes back."""
 
 import json
 import re
+import time
 import urllib.request
 
 import grpc
@@ -56,8 +57,15 @@ def test_request_id_set_by_the_edge_is_logged_and_echoed(server):
     result = _edge(server, "--question", "where is the green object?", "--request-id",
                    "camera-7/frame-42")
     assert result["request_id"] == "camera-7/frame-42"
-    logged = [json.loads(line) for line in server.stderr_lines if line.startswith("{")]
-    mine = [e for e in logged if e.get("request_id") == "camera-7/frame-42"]
+    # The server logs before it sends the summary, but the thread reading its stderr may lag
+    # behind a loaded machine.
+    deadline = time.monotonic() + 10
+    while True:
+        logged = [json.loads(line) for line in list(server.stderr_lines) if line.startswith("{")]
+        mine = [e for e in logged if e.get("request_id") == "camera-7/frame-42"]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(mine) == 1
     assert mine[0]["code"] == "OK" and mine[0]["method"] == "AnswerFromCodes"
     assert mine[0]["mode"] == "alignedvq" and mine[0]["payload_bytes"] == result["payload_bytes"]
@@ -98,3 +106,57 @@ def test_metrics_count_requests_bytes_latency_and_tokens(server):
     assert grew('alignedvq_time_to_first_token_seconds_count{mode="image"}') == 1
     assert grew("alignedvq_generated_tokens_total") >= 2
     assert "alignedvq_queue_depth" in after and "alignedvq_batch_size" in after
+
+
+def _rpcs(samples: dict[str, float]) -> float:
+    """Every call of the inference service the server counted, whatever method and outcome
+    (GetServerInfo is counted though not logged)."""
+    return sum(v for k, v in samples.items() if k.startswith("alignedvq_requests_total{"))
+
+
+def _rpcs_of(server, *args) -> tuple[float, object]:
+    before = _scrape(server)
+    out = edge_agent_in_process("--server", server.address, "--image", IMAGE, "--json",
+                                "--question", "how many objects are there?", *args)
+    return _rpcs(_scrape(server)) - _rpcs(before), out
+
+
+def test_one_question_is_one_rpc_in_codes_mode_and_two_in_image_mode(server):
+    for args, expected in (((), 1), (("--mode", "fp16"), 1), (("--check-server",), 2),
+                           (("--mode", "image"), 2)):
+        count, out = _rpcs_of(server, *args)
+        assert out.returncode == 0, out.stderr
+        assert count == expected, args
+
+
+@pytest.fixture(scope="module")
+def foreign_codec(tmp_path_factory):
+    """The shipped codec with one codebook entry moved: same vision weights, another
+    fingerprint."""
+    import shutil
+
+    import torch
+
+    from common.codec.aligned_vq import AlignedVQ
+    from common.paths import DEFAULT_CODEC_DIR
+
+    codec = tmp_path_factory.mktemp("codec") / "codec"
+    shutil.copytree(DEFAULT_CODEC_DIR, codec)
+    c = AlignedVQ.load(codec)
+    with torch.no_grad():
+        c.codebooks[0, 0] += 1.0
+    c.save(codec)
+    return str(codec)
+
+
+def test_the_servers_refusal_of_a_foreign_codec_is_incompatible_server(server, foreign_codec):
+    count, out = _rpcs_of(server, "--codec", foreign_codec)
+    assert out.returncode == 3, out.stderr
+    assert "edge-agent: incompatible server: the server refused the request" in out.stderr
+    assert "this server decodes codec" in out.stderr  # the server's own details
+    assert count == 1
+    # --check-server refuses locally, after GetServerInfo only, with the local message.
+    count, out = _rpcs_of(server, "--codec", foreign_codec, "--check-server")
+    assert out.returncode == 3, out.stderr
+    assert "edge-agent: incompatible server: server decodes codec" in out.stderr
+    assert count == 1

@@ -4,7 +4,10 @@ cloud-only JPEG-90 upload, measured side by side in one run.
 The real ``cloud-server`` (a subprocess, inside the cloud namespace) and the edge client library
 (a warm worker process, ``alignedvq.benchmarks.latency_client``, inside the edge namespace) talk over the
 link of ``alignedvq.benchmarks.netlink``: 20 ms round trip at 1, 10 and 100 Mbit/s. The rate changes
-between points; server, worker and gRPC connection stay up, so only requests are timed.
+between points; server, worker and gRPC connection stay up, so only requests are timed. Each
+request makes every RPC a one-shot ``edge-agent`` question makes (the image mode asks
+GetServerInfo before its upload, the feature modes make one call), all inside ``total_ms``; each
+point reports its ``rpcs`` per request, as counted on the worker's channel.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ def summarise(rate: float, results: list[dict]) -> list[dict]:
                        "network_ms": _median(rows, "network_ms"),
                        "cloud_ms": _median(rows, "cloud_ms"),
                        "payload_bytes": statistics.median(r["payload_bytes"] for r in rows),
+                       "rpcs": max(r["rpcs"] for r in rows),
+                       "answer_ms": _median(rows, "answer_ms"),
                        "correct": sum(is_correct(r["answer"], r["expected"]) for r in rows)})
     return points
 
@@ -111,7 +116,8 @@ def run(quick: bool, prefer: str = "auto") -> dict:
                     for p in summarise(rate, results):
                         log(f"bench: {rate:>5} Mbit/s {p['mode']:<9} total {p['total_ms']:8.1f} "
                             f"ms (edge {p['edge_ms']:.1f}, network {p['network_ms']:.1f}, "
-                            f"cloud {p['cloud_ms']:.1f}), {p['payload_bytes']} B")
+                            f"cloud {p['cloud_ms']:.1f}), {p['payload_bytes']} B, "
+                            f"{p['rpcs']} RPC(s)")
                         points.append(p)
             finally:
                 worker.close()
@@ -119,6 +125,7 @@ def run(quick: bool, prefer: str = "auto") -> dict:
         description = link.describe()
         link.close()
     by = {(p["rate_mbit"], p["mode"]): p for p in points}
+    rpcs = {p["mode"]: p["rpcs"] for p in points}
     speedup = {str(r): round(by[r, "image"]["total_ms"] / by[r, "alignedvq"]["total_ms"], 2)
                for r in rates if (r, "image") in by and (r, "alignedvq") in by}
     return {"link": {"kind": link.kind, "description": description, "fallback_reason": why,
@@ -127,5 +134,9 @@ def run(quick: bool, prefer: str = "auto") -> dict:
             "rates_mbit": list(rates), "repeats": repeats, "statistic": "median",
             "worker": {"torch_threads": ready.get("torch_threads"),
                        "command": worker.command},
-            "requests": "the 8 sample questions of common/models/samples/questions.jsonl, in turn",
+            "requests": "the 8 sample questions of common/models/samples/questions.jsonl, in turn, "
+                        "each with the RPCs a one-shot edge-agent makes, all timed (" +
+                        ", ".join(f"{mode}: {n}" for mode, n in rpcs.items()) + " RPC(s) per "
+                        "request)",
+            "rpcs_per_request": rpcs,
             "points": points, "speedup_image_over_alignedvq": speedup}

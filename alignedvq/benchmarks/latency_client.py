@@ -4,8 +4,13 @@ the link is emulated with namespaces).
 It loads the edge half once and keeps one gRPC channel open, so neither the model load nor the
 connection set-up is counted. Then it answers commands on stdin, one JSON object a line:
 ``{"repeats": N}`` -> one JSON line with N requests per mode, modes interleaved (the order rotates
-each repeat, so neither path always runs first). Every request is the real client library call
-(``ask_with_codes`` / ``ask_with_image``) that ``edge-agent`` makes.
+each repeat, so neither path always runs first). Every request makes the RPCs a one-shot
+``edge-agent`` question makes, with the same client library calls: a feature mode one
+(``ask_with_codes``: AnswerFromCodes, the server checks compatibility itself), the image mode two
+(``server_info`` for the server's input size, then ``ask_with_image``). ``total_ms`` spans all of
+them, ``network_ms`` is what is left of it after the edge's and the server's own time, and
+``rpcs`` is how many calls went on the wire, counted by a client interceptor on the channel.
+The start-up compatibility check (GetServerInfo, once) is not timed.
 """
 
 from __future__ import annotations
@@ -13,12 +18,30 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+
+import grpc
 
 from common.wire.modes import ALIGNEDVQ, FP16, IMAGE_MODE
 from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 
 MODES = (ALIGNEDVQ, IMAGE_MODE, FP16)
+
+
+class CountingInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                          grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Counts the calls started on the channel, whatever their kind (retries would count too)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def _count(self, continuation, details, request):
+        self.calls += 1
+        return continuation(details, request)
+
+    intercept_unary_unary = intercept_unary_stream = _count
+    intercept_stream_unary = intercept_stream_stream = _count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,11 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     from alignedvq.v1 import inference_pb2 as pb
     from alignedvq.v1 import inference_pb2_grpc as pb_grpc
     from edge_agent.torch_edge import EdgeHalf
-    from edge_agent.client import ask_with_codes, ask_with_image, check_compatible
+    from edge_agent.client import ask_with_codes, ask_with_image, check_compatible, server_info
     from common.wire.channels import channel
 
     modes = args.modes.split(",")
-    stub = pb_grpc.InferenceServiceStub(channel(args.server))
+    counter = CountingInterceptor()
+    stub = pb_grpc.InferenceServiceStub(grpc.intercept_channel(channel(args.server), counter))
     info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=120, wait_for_ready=True)
     edges = {}
     for mode in modes:
@@ -56,14 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     images = {s["image"]: open_image(SAMPLES_DIR / s["image"]) for s in samples}
 
     def ask(mode: str, k: int) -> dict:
+        """One question as a one-shot edge-agent asks it (edge_agent.cli.ask), all RPCs timed."""
         s = samples[k % len(samples)]
+        calls, started = counter.calls, time.perf_counter()
         if mode == "image":
-            r = ask_with_image(stub, images[s["image"]], s["question"], info.image_size,
+            size = server_info(stub, timeout=120).image_size
+            r = ask_with_image(stub, images[s["image"]], s["question"], size,
                                args.jpeg_quality, timeout=120)
         else:
             r = ask_with_codes(stub, edges[mode], images[s["image"]], s["question"],
                                timeout=120)
-        return {**r.as_json(), "expected": s["answer"], "image": s["image"]}
+        answer_ms = r.total_ms  # the answering RPC alone
+        r.total_ms = (time.perf_counter() - started) * 1000
+        r.network_ms = max(0.0, r.total_ms - r.edge_ms - r.cloud_ms)
+        return {**r.as_json(), "answer_ms": round(answer_ms, 2), "rpcs": counter.calls - calls,
+                "expected": s["answer"], "image": s["image"]}
 
     for k in range(args.warmup):
         for mode in modes:
