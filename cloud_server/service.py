@@ -60,7 +60,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         return self.backend
 
     async def GetServerInfo(self, request, context):
-        # Every edge-agent run asks this before its answer: one log line per answer is enough.
+        # Clients ask it before answers (edge-agent in image mode and with --check-server, the
+        # Node client): one log line per answer is enough.
         current_call().log_ok = False
         backend = self._ready()
         return server_info(backend.model, backend.config)
