@@ -5,14 +5,16 @@ the language model in its own process, vLLM). Both satisfy :class:`CloudPreparer
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from common.codec.aligned_vq import AlignedVQ
+from common.codec.encodings import FeatureEncoding
 from common.split.point import SplitPoint
 
 
+@runtime_checkable
 class CloudPreparer(Protocol):
     split: SplitPoint
     tokens: int               # tokens that cross the wire
@@ -26,6 +28,9 @@ class CloudPreparer(Protocol):
     codec: AlignedVQ | None
     codec_fingerprint: str    # "" without a codec
     processor: object         # the checkpoint's processor: tokenizer and chat template
+    encodings: dict[str, FeatureEncoding]  # every mode it decodes, built once
+    device: torch.device      # where its vision blocks and projector run
+    dtype: torch.dtype
 
     def decode(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
         """One request's chunk payloads -> features at the cut (T, D); PayloadError if bad."""

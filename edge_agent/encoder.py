@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 from PIL import Image
 
 from alignedvq.v1 import inference_pb2 as pb
 
 
+@runtime_checkable
 class EdgeEncoder(Protocol):
     mode: str                # the feature mode it sends (common.wire.modes)
     vision_fingerprint: str  # 16 hex digits: the vision weights before the cut
