@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from cloud_server.halves import CloudPreparer
 from common.codec.aligned_vq import AlignedVQ
 from common.codec.encodings import FeatureEncoding, feature_encodings
 from common.split.checkpoint import load_processor
@@ -20,9 +21,7 @@ from common.split.vision import CloudVision
 from common.split.weights import vision_fingerprint as read_vision_fingerprint
 
 
-class ProjectorHalf:
-    """A :class:`cloud_server.halves.CloudPreparer`."""
-
+class ProjectorHalf(CloudPreparer):
     # The processor only builds prompts here; CloudHalf also batches them for generation.
     load_processor = staticmethod(load_processor)
 

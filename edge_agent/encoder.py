@@ -1,7 +1,11 @@
 """What an edge encoder offers the client, whatever runs it: the torch edge
 (:class:`edge_agent.torch_edge.EdgeHalf`) and the ONNX Runtime edge
 (:class:`edge_agent.onnx_edge.OnnxEdge`) both satisfy :class:`EdgeEncoder`, so
-:mod:`edge_agent.client` asks with either. Torch-free."""
+:mod:`edge_agent.client` asks with either. Torch-free.
+
+Both subclass it, so a type checker holds them to it; tests/test_halves.py checks at run time
+that each provides every member itself (one that forgot a method would otherwise inherit the
+protocol's empty one)."""
 
 from __future__ import annotations
 

@@ -15,12 +15,17 @@ import numpy as np
 from alignedvq.v1 import inference_pb2 as pb
 from edge_agent.clip_preprocess import preprocess
 from edge_agent.edge_spec import EdgeSpec
+from edge_agent.encoder import EdgeEncoder
 from common.wire.packing import pack
 from common.wire.messages import codes_request_messages
 
 
-class OnnxEdge:
-    mode = "alignedvq"
+class OnnxEdge(EdgeEncoder):
+    mode = "alignedvq"  # the exported graph is the AlignedVQ encoder
+    vision_fingerprint: str
+    codec_fingerprint: str
+    split_layer: int
+    image_size: int
 
     def __init__(self, edge_dir: str | Path, threads: int = 0):
         import onnxruntime as ort

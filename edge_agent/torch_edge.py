@@ -11,14 +11,14 @@ import torch
 from common.codec.aligned_vq import AlignedVQ
 from common.wire.modes import ALIGNEDVQ
 from common.codec.encodings import make_encoding
+from edge_agent.encoder import EdgeEncoder
 from common.split.checkpoint import load_image_processor
 from common.split.vision import EdgeVision, features_at_cut
 from common.wire.messages import codes_request_messages
 
 
-class EdgeHalf:
-    """Holds the vision blocks before the cut and the encoder; no language-model weights. An
-    :class:`edge_agent.encoder.EdgeEncoder`."""
+class EdgeHalf(EdgeEncoder):
+    """Holds the vision blocks before the cut and the encoder; no language-model weights."""
 
     def __init__(self, model_dir: str | Path, codec_dir: str | Path | None = None,
                  mode: str = "alignedvq", split_layer: int | None = None, device: str = "cpu",
