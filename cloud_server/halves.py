@@ -1,8 +1,9 @@
 """What the server needs of the cloud's share of the model, whichever it holds: the whole cloud
 half with its language model (:class:`cloud_server.cloud_half.CloudHalf`, the builtin engine) or
 the half without it (:class:`cloud_server.projector_half.ProjectorHalf`, for an engine that runs
-the language model in its own process, vLLM). Both satisfy :class:`CloudPreparer` (ProjectorHalf, and so CloudHalf, subclasses it;
-tests/test_halves.py checks each member is provided, not inherited from the protocol)."""
+the language model in its own process, vLLM). Both satisfy :class:`CloudPreparer`: ProjectorHalf
+(and so CloudHalf) subclasses it, and tests/test_halves.py checks that each member is provided,
+not inherited from the protocol."""
 
 from __future__ import annotations
 

@@ -56,7 +56,8 @@ class SplitAnswerer:
         self.mode = mode
         self.edge = EdgeHalf(model_dir, codec_dir, mode, split_layer, device)
         self.cloud = CloudHalf(model_dir, codec_dir if mode == "alignedvq" else None,
-                               split_layer, device)
+                               split_layer, device,
+                               vision_fingerprint=self.edge.vision_fingerprint)
         self.fp16 = Fp16Encoding(self.edge.tokens, self.cloud.dim)
         self.payload_bytes: list[int] = []
         self.fp16_bytes: list[int] = []
