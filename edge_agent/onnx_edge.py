@@ -41,13 +41,10 @@ class OnnxEdge(EdgeEncoder):
         self.split_layer = self.spec.split_layer
         self.image_size = self.spec.image_size
 
-    def pixels(self, images) -> np.ndarray:
-        return preprocess(images, self.spec.preprocess)
-
     def indices(self, images) -> np.ndarray:
         """RGB images -> (batch, tokens, stages) int64."""
         return self.session.run([self.spec.output_name],
-                                {self.spec.input_name: self.pixels(images)})[0]
+                                {self.spec.input_name: preprocess(images, self.spec.preprocess)})[0]
 
     def chunks(self, images) -> list[list[bytes]]:
         """Each image's packed chunks, one per stage (protos/README.md)."""
