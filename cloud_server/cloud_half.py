@@ -7,42 +7,22 @@ from pathlib import Path
 
 import torch
 
-from common.codec.aligned_vq import AlignedVQ
-from common.codec.encodings import FeatureEncoding, make_encoding
-from common.split.checkpoint import build_prompt, load_llava
-from common.split.point import SplitPoint
-from common.split.vision import CloudVision
-from common.split.weights import vision_fingerprint
+from cloud_server.projector_half import ProjectorHalf
+from common.split.checkpoint import build_prompt, load_chat_processor, load_language_model
 
 
-class CloudHalf:
-    """Holds the vision blocks after the cut, the projector, the language model and a decoder."""
+class CloudHalf(ProjectorHalf):
+    """:class:`ProjectorHalf` (decoder, vision blocks after the cut, projector) and the language
+    model. ``model`` is a transformers ``LlavaForConditionalGeneration`` built without a vision
+    tower or projector: their weights are never read here."""
+
+    load_processor = staticmethod(load_chat_processor)
 
     def __init__(self, model_dir: str | Path, codec_dir: str | Path | None = None,
                  split_layer: int | None = None, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32):
-        self.model, self.processor = load_llava(model_dir, device, dtype)
-        self.split = SplitPoint.from_config(self.model.config, split_layer)
-        self.vision_fingerprint = vision_fingerprint(Path(model_dir), self.split)
-        self.tokens = self.split.tokens(self.model.config.vision_config)
-        self.dim = self.model.config.vision_config.hidden_size
-        self.vision = CloudVision.take_from(self.model, self.split)
-        self.codec = None
-        if codec_dir is not None:
-            self.codec = AlignedVQ.load(codec_dir, expect_fingerprint=self.vision_fingerprint,
-                                        expect_split_layer=self.split.split_layer)
-        self.codec_fingerprint = self.codec.fingerprint() if self.codec else ""
-        self.image_tokens = self.split.image_tokens(self.model.config.vision_config)
-        self.text_hidden_size = self.model.config.text_config.hidden_size
-        self.image_size = self.model.config.vision_config.image_size
-        self.patch_size = self.model.config.vision_config.patch_size
-        self.model_id = self.model.config.name_or_path.rstrip("/").split("/")[-1] or str(model_dir)
-
-    def encoding(self, mode: str) -> FeatureEncoding:
-        return make_encoding(mode, self.codec, self.tokens, self.dim)
-
-    def decode(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
-        return self.encoding(mode).decode(chunks)
+                 dtype: torch.dtype = torch.float32, vision_fingerprint: str | None = None):
+        super().__init__(model_dir, codec_dir, split_layer, device, dtype, vision_fingerprint)
+        self.model = load_language_model(model_dir, device, dtype)
 
     def prompt(self, question: str) -> str:
         """The chat-template prompt with ``<image>`` expanded to one token per image feature, as
@@ -51,19 +31,13 @@ class CloudHalf:
         return build_prompt(self.processor, question).replace(token, token * self.image_tokens)
 
     @torch.inference_mode()
-    def image_embeddings(self, features: torch.Tensor) -> torch.Tensor:
-        """Features at the cut (B, T, D) -> LLaVA image embeddings (B, image_tokens, lm_hidden):
-        the remaining vision blocks and the projector, what ``get_image_features`` returns."""
-        return self.vision(features.to(self.model.device))
-
-    @torch.inference_mode()
     def answer(self, features: torch.Tensor, questions: list[str], max_new_tokens: int = 8,
                streamer=None) -> list[str]:
         """Greedy answers from features at the cut (B, T, D), one question each. A transformers
         streamer, if given, receives the new token ids as they are generated."""
         tok = self.processor.tokenizer
         inputs = tok([self.prompt(q) for q in questions], padding=True,
-                     return_tensors="pt").to(self.model.device)
+                     return_tensors="pt").to(self.device)
         embeds = merge_image_tokens(self.model, inputs.input_ids, self.image_embeddings(features))
         out = self.model.generate(inputs_embeds=embeds, attention_mask=inputs.attention_mask,
                                   max_new_tokens=max_new_tokens, do_sample=False,

@@ -1,18 +1,22 @@
 """What the server needs of the cloud's share of the model, whichever it holds: the whole cloud
 half with its language model (:class:`cloud_server.cloud_half.CloudHalf`, the builtin engine) or
 the half without it (:class:`cloud_server.projector_half.ProjectorHalf`, for an engine that runs
-the language model in its own process, vLLM). Both satisfy :class:`CloudPreparer`."""
+the language model in its own process, vLLM). Both satisfy :class:`CloudPreparer`: ProjectorHalf
+(and so CloudHalf) subclasses it, and tests/test_halves.py checks that each member is provided,
+not inherited from the protocol."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from common.codec.aligned_vq import AlignedVQ
+from common.codec.encodings import FeatureEncoding
 from common.split.point import SplitPoint
 
 
+@runtime_checkable
 class CloudPreparer(Protocol):
     split: SplitPoint
     tokens: int               # tokens that cross the wire
@@ -26,6 +30,9 @@ class CloudPreparer(Protocol):
     codec: AlignedVQ | None
     codec_fingerprint: str    # "" without a codec
     processor: object         # the checkpoint's processor: tokenizer and chat template
+    encodings: dict[str, FeatureEncoding]  # every mode it decodes, built once
+    device: torch.device      # where its vision blocks and projector run
+    dtype: torch.dtype
 
     def decode(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
         """One request's chunk payloads -> features at the cut (T, D); PayloadError if bad."""

@@ -6,9 +6,7 @@ from __future__ import annotations
 from alignedvq.v1 import inference_pb2 as pb
 from cloud_server.config import ServerConfig
 from cloud_server.loader import CloudModel
-from common.wire.modes import FEATURE_MODES
 from common.wire.messages import fingerprint_bytes
-from common.codec.encodings import wire_of_mode
 
 
 def server_info(model: CloudModel, config: ServerConfig) -> pb.GetServerInfoResponse:
@@ -26,6 +24,6 @@ def server_info(model: CloudModel, config: ServerConfig) -> pb.GetServerInfoResp
         feature_dim=c.dim, feature_layer=c.split.feature_layer,
         vision_layers=c.split.num_layers, cls_included=c.split.sends_cls,
         patch_grid=c.image_size // c.patch_size,
-        encodings=[wire_of_mode(m) for m in FEATURE_MODES if m != "alignedvq" or codec],
+        encodings=[e.encoding for e in c.encodings.values()],
         max_image_pixels=config.max_image_pixels,
         request_timeout_seconds=config.request_timeout_seconds)

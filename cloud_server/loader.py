@@ -1,6 +1,7 @@
-"""Loading what the server needs, once, off the event loop: the cloud half (blocks after the
-cut, projector, language model), the blocks before the cut for image uploads (the cloud-only
-baseline runs them here), and the image processor."""
+"""Loading what the server needs, once, off the event loop: the blocks before the cut for image
+uploads (the cloud-only baseline runs them here), the cloud half (blocks after the cut,
+projector, language model) and the image processor. Each vision tensor is read from the
+checkpoint once."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from common.split.checkpoint import load_image_processor
 from cloud_server.cloud_half import CloudHalf
 from cloud_server.projector_half import ProjectorHalf
 from common.split.vision import EdgeVision
+from common.wire.modes import FP16
 
 
 @dataclass
@@ -25,7 +27,7 @@ class CloudModel:
 
     def fp16_feature_bytes(self) -> int:
         """What the same tokens would cost as raw fp16 features: the compression reference."""
-        return self.cloud.tokens * self.cloud.dim * 2
+        return self.cloud.encodings[FP16].payload_size()
 
 
 def load(config: ServerConfig) -> CloudModel:
@@ -33,12 +35,12 @@ def load(config: ServerConfig) -> CloudModel:
     device, dtype = config.resolved_device(), config.torch_dtype()
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
-    if config.engine == "vllm":
-        # vLLM runs the language model in its own process: hold only what comes before it.
-        cloud = ProjectorHalf(config.model, config.codec, config.split_layer, device, dtype)
-    else:
-        cloud = CloudHalf(config.model, config.codec, config.split_layer, device, dtype)
+    # First, so the cloud half takes its fingerprint instead of reading blocks [0, K) again.
     vision = EdgeVision.from_pretrained(config.model, config.split_layer, device, dtype)
+    # vLLM runs the language model in its own process: hold only what comes before it.
+    half = ProjectorHalf if config.engine == "vllm" else CloudHalf
+    cloud = half(config.model, config.codec, config.split_layer, device, dtype,
+                 vision_fingerprint=vision.fingerprint)
     processor = load_image_processor(config.model)
     model = CloudModel(cloud, vision, processor, cloud.model_id)
     # The first upload should not pay for lazy initialisation of the vision path either.

@@ -20,25 +20,25 @@ class Preparer:
     def __init__(self, model: CloudModel, max_image_pixels: int):
         self.model, self.max_image_pixels = model, max_image_pixels
 
-    # -- what the servicer hands the engine ---------------------------------------------
+    # -- what the servicer hands the engine: the work, deferred to the engine's thread ------
     def from_codes(self, mode: str, chunks: list[bytes]) -> Callable[[], torch.Tensor]:
-        return functools.partial(self._embeddings, self.codes_features, mode, chunks)
+        return functools.partial(self.codes_embeddings, mode, chunks)
 
     def from_image(self, data: bytes) -> Callable[[], torch.Tensor]:
-        return functools.partial(self._embeddings, self.image_features, data)
+        return functools.partial(self.image_embeddings, data)
 
+    # -- payload -> image embeddings (image_tokens, text_hidden_size) ----------------------
     @torch.inference_mode()
-    def _embeddings(self, features, *args) -> torch.Tensor:
-        return self.model.cloud.image_embeddings(features(*args)[None])[0]
-
-    # -- payload -> features at the cut ---------------------------------------------------
-    def codes_features(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
+    def codes_embeddings(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
+        cloud = self.model.cloud
         try:
-            return self.model.cloud.decode(mode, chunks)
+            features = cloud.decode(mode, chunks)
         except PayloadError as e:
             raise InvalidRequest(str(e)) from None
+        return cloud.image_embeddings(features[None])[0]
 
-    def image_features(self, data: bytes) -> torch.Tensor:
+    @torch.inference_mode()
+    def image_embeddings(self, data: bytes) -> torch.Tensor:
         if not data:
             raise InvalidRequest("the image is empty; send JPEG or PNG bytes")
         processor = self.model.image_processor
@@ -48,4 +48,5 @@ class Preparer:
             image = load_model_input(data, processor_size(processor), self.max_image_pixels)
         except ImageRefused as e:
             raise InvalidRequest(f"{e}; send JPEG or PNG bytes") from None
-        return features_at_cut(self.model.vision, processor, [image])[0]
+        features = features_at_cut(self.model.vision, processor, [image])
+        return self.model.cloud.image_embeddings(features)[0]

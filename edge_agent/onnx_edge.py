@@ -15,12 +15,17 @@ import numpy as np
 from alignedvq.v1 import inference_pb2 as pb
 from edge_agent.clip_preprocess import preprocess
 from edge_agent.edge_spec import EdgeSpec
+from edge_agent.encoder import EdgeEncoder
 from common.wire.packing import pack
 from common.wire.messages import codes_request_messages
 
 
-class OnnxEdge:
-    mode = "alignedvq"
+class OnnxEdge(EdgeEncoder):
+    mode = "alignedvq"  # the exported graph is the AlignedVQ encoder
+    vision_fingerprint: str
+    codec_fingerprint: str
+    split_layer: int
+    image_size: int
 
     def __init__(self, edge_dir: str | Path, threads: int = 0):
         import onnxruntime as ort
@@ -36,13 +41,10 @@ class OnnxEdge:
         self.split_layer = self.spec.split_layer
         self.image_size = self.spec.image_size
 
-    def pixels(self, images) -> np.ndarray:
-        return preprocess(images, self.spec.preprocess)
-
     def indices(self, images) -> np.ndarray:
         """RGB images -> (batch, tokens, stages) int64."""
         return self.session.run([self.spec.output_name],
-                                {self.spec.input_name: self.pixels(images)})[0]
+                                {self.spec.input_name: preprocess(images, self.spec.preprocess)})[0]
 
     def chunks(self, images) -> list[list[bytes]]:
         """Each image's packed chunks, one per stage (protos/README.md)."""

@@ -10,14 +10,15 @@ import torch
 
 from common.codec.aligned_vq import AlignedVQ
 from common.wire.modes import ALIGNEDVQ
-from common.codec.encodings import make_encoding, request_messages
+from common.codec.encodings import make_encoding
+from edge_agent.encoder import EdgeEncoder
 from common.split.checkpoint import load_image_processor
 from common.split.vision import EdgeVision, features_at_cut
+from common.wire.messages import codes_request_messages
 
 
-class EdgeHalf:
-    """Holds the vision blocks before the cut and the encoder; no language-model weights. An
-    :class:`edge_agent.encoder.EdgeEncoder`."""
+class EdgeHalf(EdgeEncoder):
+    """Holds the vision blocks before the cut and the encoder; no language-model weights."""
 
     def __init__(self, model_dir: str | Path, codec_dir: str | Path | None = None,
                  mode: str = "alignedvq", split_layer: int | None = None, device: str = "cpu",
@@ -39,16 +40,12 @@ class EdgeHalf:
         self.split_layer = self.split.split_layer
         self.image_size = self.vision.config.vision_config.image_size
 
-    def features(self, images) -> torch.Tensor:
-        return features_at_cut(self.vision, self.image_processor, images)
-
     def chunks(self, images) -> list[list[bytes]]:
-        return self.encode(self.features(images))
-
-    def encode(self, feats: torch.Tensor) -> list[list[bytes]]:
-        """Features (B, T, D) -> each image's chunk payloads."""
-        return self.encoding.encode_batch(feats)
+        return self.encoding.encode_batch(features_at_cut(self.vision, self.image_processor,
+                                                          images))
 
     def messages(self, chunks: list[bytes], question: str = "", max_new_tokens: int = 0):
-        return request_messages(self.encoding, chunks, self.vision.fingerprint,
-                                self.codec_fingerprint, question, max_new_tokens)
+        enc = self.encoding
+        return codes_request_messages(enc.encoding, enc.tokens, enc.bits, enc.stages, chunks,
+                                      self.vision_fingerprint, self.codec_fingerprint, question,
+                                      max_new_tokens)

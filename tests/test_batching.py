@@ -18,6 +18,7 @@ from cloud_server.errors import InvalidRequest, Overloaded
 from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from cloud_server.cloud_half import CloudHalf
+from common.split.vision import features_at_cut
 from edge_agent.torch_edge import EdgeHalf
 from edge_agent.client import jpeg_upload
 from alignedvq.server_process import ServerProcess
@@ -39,7 +40,8 @@ def cloud():
 def features():
     edge = EdgeHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR)
     images = [open_image(SAMPLES_DIR / r["image"]) for r in ROWS]
-    return edge.features(images[:len(QUESTIONS)] * 2)[:len(QUESTIONS)]
+    return features_at_cut(edge.vision, edge.image_processor,
+                           images[:len(QUESTIONS)] * 2)[:len(QUESTIONS)]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import torch
 
 from alignedvq.v1 import inference_pb2 as pb
 from common.codec.aligned_vq import AlignedVQ, CodecConfig, CodecMismatchError
-from common.codec.encodings import (AlignedVQEncoding, Fp16Encoding, Int8Encoding, PayloadError, request_messages)
+from common.codec.encodings import AlignedVQEncoding, Fp16Encoding, Int8Encoding, PayloadError
+from common.wire.messages import codes_request_messages
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
 from alignedvq.data.shapes_vqa import write_dataset
 from common.split.point import SplitPoint
@@ -41,7 +42,9 @@ def test_payload_round_trips_through_serialised_messages():
     enc = AlignedVQEncoding(codec)
     x = torch.randn(10, 16)
     chunks = enc.encode(x)
-    wire = [m.SerializeToString() for m in request_messages(enc, chunks, "ab" * 8, "cd" * 8)]
+    messages = codes_request_messages(enc.encoding, enc.tokens, enc.bits, enc.stages, chunks,
+                                      "ab" * 8, "cd" * 8)
+    wire = [m.SerializeToString() for m in messages]
     received = [pb.AnswerFromCodesRequest.FromString(w) for w in wire]
     assert received[0].header.bits == 6 and received[0].header.stages == 2
     decoded = enc.decode([m.chunk.packed_indices for m in received[1:]])

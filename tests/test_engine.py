@@ -15,6 +15,7 @@ from cloud_server.errors import InvalidRequest, Overloaded, ShuttingDown
 from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from cloud_server.cloud_half import CloudHalf
+from common.split.vision import features_at_cut
 from edge_agent.torch_edge import EdgeHalf
 
 QUESTION = "how many objects are there?"
@@ -28,7 +29,8 @@ def cloud():
 @pytest.fixture(scope="module")
 def features():
     edge = EdgeHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR)
-    return edge.features([open_image(SAMPLES_DIR / "images" / "sample2.png")])
+    return features_at_cut(edge.vision, edge.image_processor,
+                           [open_image(SAMPLES_DIR / "images" / "sample2.png")])
 
 
 def _request(cloud, features, max_new=8, name="r"):

@@ -82,7 +82,7 @@ def test_header_validation_only_raises_documented_errors(model, validator):
 @pytest.mark.parametrize("mode", ["alignedvq", "fp16", "int8"])
 def test_payload_decoding_only_raises_invalid_request(model, mode):
     preparer = Preparer(model, CONFIG.max_image_pixels)
-    expected = model.cloud.encoding(mode).chunk_size(0)
+    expected = model.cloud.encodings[mode].chunk_size(0)
 
     # Right-sized payloads are too big for hypothesis to draw byte by byte: draw a seed and a
     # few byte overwrites (where NaN/inf fp16 patterns and out-of-range values come from).
@@ -98,11 +98,11 @@ def test_payload_decoding_only_raises_invalid_request(model, mode):
     @given(st.lists(st.one_of(right_size, wrong_size), max_size=3))
     def check(chunks):
         try:
-            features = preparer.codes_features(mode, chunks)
+            embeddings = preparer.codes_embeddings(mode, chunks)
         except InvalidRequest:
             return
-        assert features.shape == (model.cloud.tokens, model.cloud.dim)
-        assert torch.isfinite(features).all()
+        assert embeddings.shape == (model.cloud.image_tokens, model.cloud.text_hidden_size)
+        assert torch.isfinite(embeddings).all()
 
     check()
 
@@ -129,7 +129,7 @@ def test_unpacker_returns_in_range_indices_or_raises_packing_error(data, count, 
 def test_message_sequences_only_raise_documented_errors(model, validator):
     """Any order of headers, chunks and empty messages, through the servicer's reader."""
     valid = _valid_header(model)
-    chunk = b"\0" * model.cloud.encoding("alignedvq").chunk_size(0)
+    chunk = b"\0" * model.cloud.encodings["alignedvq"].chunk_size(0)
     message = st.one_of(
         st.just(pb.AnswerFromCodesRequest(header=pb.CodesHeader(**valid))),
         st.builds(lambda s, d: pb.AnswerFromCodesRequest(

@@ -71,7 +71,10 @@ def test_numpy_preprocessing_equals_the_model_processor(torch_edge, size):
 def test_onnx_indices_equal_torch_indices(exported_edge, torch_edge):
     from edge_agent.onnx_edge import OnnxEdge
 
+    from edge_agent.encoder import EdgeEncoder
+
     edge = OnnxEdge(exported_edge)
+    assert all(hasattr(edge, name) for name in EdgeEncoder.__annotations__)
     images = [open_image(SAMPLES_DIR / name) for name in IMAGES]
     assert edge.chunks(images) == torch_edge.chunks(images)
     msgs = edge.messages(edge.chunks(images[:1])[0], "q?", 5)

@@ -8,6 +8,7 @@ from common.split.checkpoint import build_prompt, load_llava
 from common.imaging.policy import open_image
 from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
 from cloud_server.cloud_half import CloudHalf
+from common.split.vision import features_at_cut
 from edge_agent.torch_edge import EdgeHalf
 from common.split.point import SplitError, SplitPoint
 from cloud_server.cloud_half import merge_image_tokens
@@ -31,7 +32,7 @@ def test_identity_codec_equals_the_monolithic_model(split_layer):
     expected, inputs = monolithic_logits(images, QUESTIONS)
     edge = EdgeHalf(DEFAULT_MODEL_DIR, mode="fp16", split_layer=split_layer)
     cloud = CloudHalf(DEFAULT_MODEL_DIR, split_layer=split_layer)
-    features = edge.features(images)  # identity: what the edge computed is what the cloud gets
+    features = features_at_cut(edge.vision, edge.image_processor, images)  # identity: what the edge computed is what the cloud gets
     with torch.no_grad():
         embeds = merge_image_tokens(cloud.model, inputs.input_ids,
                                     cloud.image_embeddings(features))
@@ -61,13 +62,27 @@ def test_edge_holds_no_language_model_parameters():
     assert edge_params < vision_params < lm_params
 
 
-def test_cloud_drops_the_vision_blocks_before_the_cut():
+def test_cloud_never_builds_the_vision_blocks_before_the_cut():
     cloud = CloudHalf(DEFAULT_MODEL_DIR, split_layer=2)
-    assert cloud.model.model.vision_tower is None
-    layers = cloud.model.config.vision_config.num_hidden_layers
+    # The language model is built without a vision side; the cloud's own blocks and projector
+    # are read by key.
+    assert cloud.model.model.vision_tower is None and cloud.model.model.multi_modal_projector is None
+    assert not any(n.startswith(("model.vision_tower", "model.multi_modal_projector"))
+                   for n in cloud.model.state_dict())
+    layers = cloud.split.num_layers
     assert len(cloud.vision.layers) == layers - 2
     # Held by the cloud half, not attached to the transformers model.
     assert not hasattr(cloud.model, "cloud_vision_layers") and not hasattr(cloud.model, "split")
+
+
+def test_the_language_model_loads_as_in_the_whole_checkpoint():
+    """Built without its vision side, the language model holds the very tensors the whole
+    LLaVA loads (lm_head included: the checkpoint's older layout is renamed, not skipped)."""
+    cloud = CloudHalf(DEFAULT_MODEL_DIR)
+    full, _ = load_llava(DEFAULT_MODEL_DIR)
+    whole = full.state_dict()
+    held = cloud.model.state_dict()
+    assert held and all(torch.equal(t, whole[k]) for k, t in held.items())
 
 
 def test_split_layer_bounds():

@@ -63,14 +63,15 @@ def _graph_times(vision, codec, edge_dir: Path, pixels: np.ndarray, repeats: int
 
 def tiny_compute(edge_dir: Path, repeats: int, threads: int) -> dict:
     from common.imaging.policy import open_image
+    from edge_agent.clip_preprocess import preprocess
     from edge_agent.torch_edge import EdgeHalf
     from edge_agent.onnx_edge import OnnxEdge
 
     edge = EdgeHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR)
     onnx = OnnxEdge(edge_dir, threads)
     image = open_image(SAMPLES_DIR / "images" / "sample0.png")
-    result = _graph_times(edge.vision, edge.codec, edge_dir, onnx.pixels([image]), repeats,
-                          threads)
+    result = _graph_times(edge.vision, edge.codec, edge_dir,
+                          preprocess([image], onnx.spec.preprocess), repeats, threads)
     with torch.inference_mode():
         chunks_torch, chunks_onnx = _interleaved_median_ms(lambda: edge.chunks([image]),
                                                            lambda: onnx.chunks([image]), repeats)

@@ -27,7 +27,9 @@ from PIL import Image
 
 from alignedvq.v1 import inference_pb2 as pb
 from common.codec.aligned_vq import AlignedVQ, CodecConfig
-from common.codec.encodings import (AlignedVQEncoding, Fp16Encoding, Int8Encoding, request_messages, wire_bytes)
+from common.codec.encodings import (AlignedVQEncoding, FeatureEncoding, Fp16Encoding,
+                                    Int8Encoding, wire_bytes)
+from common.wire.messages import codes_request_messages
 from common.imaging.policy import jpeg_baseline
 from common.wire.packing import pack
 from common.paths import DEFAULT_MODEL_DIR
@@ -59,6 +61,13 @@ def sample_photos() -> dict[str, Image.Image]:
     return photos
 
 
+def _request_bytes(enc: FeatureEncoding, chunks: list[bytes], vision_fp: str,
+                   codec_fp: str = "") -> int:
+    """Serialised bytes of one image's ``AnswerFromCodes`` stream in ``enc`` (no question)."""
+    return wire_bytes(codes_request_messages(enc.encoding, enc.tokens, enc.bits, enc.stages,
+                                             chunks, vision_fp, codec_fp))
+
+
 def _stats(values: list[int]) -> dict:
     return {"bytes_mean": statistics.fmean(values), "bytes_median": statistics.median(values),
             "bytes_min": min(values), "bytes_max": max(values), "images": len(values)}
@@ -72,29 +81,29 @@ def _row(encoding: str, values: list[int], fp16: float, **extra) -> dict:
 def tiny_rows(test_questions: Path, codecs: dict, limit: int) -> dict:
     """Real images of the test split through the real edge half, one row per encoding."""
     from common.imaging.policy import open_image
+    from common.split.vision import features_at_cut
     from edge_agent.torch_edge import EdgeHalf
 
     root = test_questions.resolve().parent
     rows_ = [json.loads(line) for line in test_questions.read_text().splitlines() if line]
     images = [open_image(root / r["image"]) for r in rows_[:limit]]
     edge = EdgeHalf(DEFAULT_MODEL_DIR, mode="fp16")
-    feats = edge.features(images)
+    feats = features_at_cut(edge.vision, edge.image_processor, images)
     sizes = {}
     for mode in ("fp16", "int8"):
         enc = Fp16Encoding(edge.tokens, feats.shape[-1]) if mode == "fp16" else \
             Int8Encoding(edge.tokens, feats.shape[-1])
-        sizes[mode] = [wire_bytes(request_messages(enc, enc.encode(f), edge.vision.fingerprint,
-                                                   "")) for f in feats]
+        sizes[mode] = [_request_bytes(enc, enc.encode(f), edge.vision_fingerprint) for f in feats]
     fp16 = statistics.fmean(sizes["fp16"])
     rows = [_row("fp16 features", sizes["fp16"], fp16), _row("int8 features", sizes["int8"], fp16)]
     for (bits, stages), info in sorted(codecs.items(), key=lambda kv: kv[0][0] * kv[0][1]):
         vq = EdgeHalf(DEFAULT_MODEL_DIR, info["dir"], "alignedvq")
         # In slices: one (tokens x K) distance matrix for 600 images at K = 65,536 is 10 GB.
         values = [wire_bytes(vq.messages(chunks)) for part in feats.split(32)
-                  for chunks in vq.encode(part)]
+                  for chunks in vq.encoding.encode_batch(part)]
         rows.append(_row(f"alignedvq {bits} bits" + (f" x {stages}" if stages > 1 else ""),
                          values, fp16, bits=bits, stages=stages,
-                         index_bytes=sum(len(c) for c in vq.encode(feats[:1])[0])))
+                         index_bytes=sum(len(c) for c in vq.encoding.encode(feats[0]))))
     size = edge.vision.config.vision_config.image_size
     for q in JPEG_QUALITIES:
         rows.append(_row(f"JPEG q{q} (cloud-only)",
@@ -122,17 +131,16 @@ def llava7b_rows(rates) -> dict:
     rng = np.random.default_rng(0)
     feats = torch.randn(tokens, g["dim"])
     fp16_enc, int8_enc = Fp16Encoding(tokens, g["dim"]), Int8Encoding(tokens, g["dim"])
-    fp16 = wire_bytes(request_messages(fp16_enc, fp16_enc.encode(feats), vision_fp, ""))
+    fp16 = _request_bytes(fp16_enc, fp16_enc.encode(feats), vision_fp)
     rows = [_row("fp16 features", [fp16], fp16, paper=PAPER["fp16 features"]),
-            _row("int8 features", [wire_bytes(request_messages(
-                int8_enc, int8_enc.encode(feats), vision_fp, ""))], fp16)]
+            _row("int8 features", [_request_bytes(int8_enc, int8_enc.encode(feats), vision_fp)],
+                 fp16)]
     for bits, stages in sorted(rates, key=lambda r: r[0] * r[1]):
         codec = AlignedVQ(CodecConfig(feature_dim=g["dim"], code_dim=32, bits=bits,
                                       stages=stages, tokens=tokens,
                                       split_layer=g["feature_layer"], vision_fingerprint=vision_fp))
         chunks = [pack(rng.integers(0, 1 << bits, tokens), bits) for _ in range(stages)]
-        size = wire_bytes(request_messages(AlignedVQEncoding(codec), chunks, vision_fp,
-                                           codec.fingerprint()))
+        size = _request_bytes(AlignedVQEncoding(codec), chunks, vision_fp, codec.fingerprint())
         name = f"alignedvq {bits} bits" + (f" x {stages}" if stages > 1 else "")
         rows.append(_row(name, [size], fp16, bits=bits, stages=stages,
                          index_bytes=sum(map(len, chunks)),

@@ -32,6 +32,7 @@ def compare_edges(dataset: Path, onnx_dir: Path, model_dir: Path, codec_dir: Pat
                   concurrency: int = 8) -> dict:
     from alignedvq.v1 import inference_pb2_grpc as pb_grpc
     from alignedvq.server_process import ServerProcess
+    from common.split.vision import features_at_cut
     from common.wire.packing import pack
     from edge_agent.torch_edge import EdgeHalf
     from common.wire.channels import channel
@@ -46,7 +47,8 @@ def compare_edges(dataset: Path, onnx_dir: Path, model_dir: Path, codec_dir: Pat
     for i in range(0, len(rows), batch):
         images = [open_image(root / r["image"]) for r in rows[i:i + batch]]
         with torch.no_grad():
-            features = torch_edge.features(images).float()
+            features = features_at_cut(torch_edge.vision, torch_edge.image_processor,
+                                       images).float()
             t = torch_edge.codec.quantize(torch_edge.codec.project(features))[0].numpy()
         o = onnx_edge.indices(images)
         reports.append(near_tie_report(torch_edge.codec, features, t, o))

@@ -56,7 +56,8 @@ class SplitAnswerer:
         self.mode = mode
         self.edge = EdgeHalf(model_dir, codec_dir, mode, split_layer, device)
         self.cloud = CloudHalf(model_dir, codec_dir if mode == "alignedvq" else None,
-                               split_layer, device)
+                               split_layer, device,
+                               vision_fingerprint=self.edge.vision_fingerprint)
         self.fp16 = Fp16Encoding(self.edge.tokens, self.cloud.dim)
         self.payload_bytes: list[int] = []
         self.fp16_bytes: list[int] = []
@@ -65,10 +66,12 @@ class SplitAnswerer:
         import torch
 
         from alignedvq.v1 import inference_pb2 as pb
-        from common.codec.encodings import request_messages, wire_bytes
+        from common.codec.encodings import wire_bytes
+        from common.split.vision import features_at_cut
+        from common.wire.messages import codes_request_messages
 
-        features = self.edge.features(images)
-        chunk_sets = self.edge.encode(features)
+        features = features_at_cut(self.edge.vision, self.edge.image_processor, images)
+        chunk_sets = self.edge.encoding.encode_batch(features)
         decoded = []
         for feats, chunks in zip(features, chunk_sets):
             # Image payload only: the question travels too, but it is not the image's cost.
@@ -77,8 +80,9 @@ class SplitAnswerer:
             received = [pb.AnswerFromCodesRequest.FromString(w) for w in wire]
             decoded.append(self.cloud.decode(self.mode, [m.chunk.packed_indices
                                                          for m in received[1:]]))
-            self.fp16_bytes.append(wire_bytes(request_messages(
-                self.fp16, self.fp16.encode(feats), self.edge.vision.fingerprint, "")))
+            self.fp16_bytes.append(wire_bytes(codes_request_messages(
+                self.fp16.encoding, self.fp16.tokens, self.fp16.bits, self.fp16.stages,
+                self.fp16.encode(feats), self.edge.vision_fingerprint, "")))
         return self.cloud.answer(torch.stack(decoded), questions)
 
 

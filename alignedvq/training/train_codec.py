@@ -67,8 +67,9 @@ def train_codec(model_dir: Path, dataset: Path, out: Path, bits: int = 12, stage
     rows = read_questions(dataset, max_images)
     root = Path(dataset).resolve().parent
     edge = EdgeVision.from_pretrained(model_dir, split_layer)
-    cloud = CloudHalf(model_dir, split_layer=split_layer)
-    for p in cloud.model.parameters():
+    cloud = CloudHalf(model_dir, split_layer=split_layer, vision_fingerprint=edge.fingerprint)
+    # Only the codec learns; the cloud's vision blocks and projector sit outside cloud.model.
+    for p in [*cloud.model.parameters(), *cloud.vision.parameters()]:
         p.requires_grad_(False)
     image_processor = load_image_processor(model_dir)
     feats = []

@@ -1,1 +1,2 @@
-""""""
+"""The feature codec (AlignedVQ), its k-means initialisation, and the encodings that put
+features at the cut on the wire."""

@@ -19,7 +19,6 @@ from alignedvq.v1 import inference_pb2 as pb
 from common.codec.aligned_vq import AlignedVQ
 from common.wire.modes import ALIGNEDVQ, FEATURE_MODES, FP16, INT8
 from common.wire.packing import pack, packed_size, unpack
-from common.wire.messages import codes_request_messages
 
 
 class PayloadError(ValueError):
@@ -134,7 +133,6 @@ class Int8Encoding(FeatureEncoding):
         return torch.from_numpy(q * scale)
 
 
-
 _ENCODINGS: dict[str, type[FeatureEncoding]] = {
     ALIGNEDVQ: AlignedVQEncoding, FP16: Fp16Encoding, INT8: Int8Encoding}
 _MODE_OF_WIRE = {cls.encoding: mode for mode, cls in _ENCODINGS.items()}
@@ -143,11 +141,6 @@ _MODE_OF_WIRE = {cls.encoding: mode for mode, cls in _ENCODINGS.items()}
 def mode_of_wire(encoding: int) -> str | None:
     """``CodesHeader.encoding`` -> feature mode name; None for a value this version lacks."""
     return _MODE_OF_WIRE.get(encoding)
-
-
-def wire_of_mode(mode: str) -> int:
-    """Feature mode name -> ``CodesHeader.encoding``."""
-    return _ENCODINGS[mode].encoding
 
 
 def make_encoding(mode: str, codec: AlignedVQ | None, tokens: int, dim: int) -> FeatureEncoding:
@@ -160,11 +153,11 @@ def make_encoding(mode: str, codec: AlignedVQ | None, tokens: int, dim: int) -> 
     raise ValueError(f"unknown feature mode {mode!r}; expected one of {FEATURE_MODES}")
 
 
-def request_messages(enc: FeatureEncoding, chunks: list[bytes], vision_fingerprint: str,
-                     codec_fingerprint: str, question: str = "",
-                     max_new_tokens: int = 0) -> list[pb.AnswerFromCodesRequest]:
-    return codes_request_messages(enc.encoding, enc.tokens, enc.bits, enc.stages, chunks,
-                                  vision_fingerprint, codec_fingerprint, question, max_new_tokens)
+def feature_encodings(codec: AlignedVQ | None, tokens: int, dim: int) -> dict[str, FeatureEncoding]:
+    """Every mode a cloud with this codec (or none) decodes, in :data:`FEATURE_MODES` order:
+    built once, looked up per request."""
+    return {mode: make_encoding(mode, codec, tokens, dim) for mode in FEATURE_MODES
+            if mode != ALIGNEDVQ or codec is not None}
 
 
 def wire_bytes(messages) -> int:

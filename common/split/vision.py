@@ -3,13 +3,14 @@ blocks after it with the projector."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from common.split.point import SplitError, SplitPoint
-from common.split.weights import read_vision_tensors
+from common.split.weights import read_projector_tensors, read_vision_tensors
 
 
 class EdgeVision(nn.Module):
@@ -72,14 +73,29 @@ class CloudVision(nn.Module):
         self.split, self.layers, self.projector = split, layers, projector
 
     @classmethod
-    def take_from(cls, model, split: SplitPoint) -> "CloudVision":
-        """From a loaded LLaVA. Its vision tower is released (``vision_tower = None``): the
-        blocks before the cut run on the edge and those past the feature layer never run, so
-        their weights are freed; the blocks ``[K, F)`` live on here."""
-        tower = model.model.vision_tower
-        layers = nn.ModuleList(list(tower.encoder.layers)[split.split_layer:split.feature_layer])
-        model.model.vision_tower = None
-        return cls(split, layers, model.model.multi_modal_projector)
+    def from_pretrained(cls, model_dir: str | Path, config, split: SplitPoint,
+                        device: str = "cpu", dtype: torch.dtype = torch.float32) -> "CloudVision":
+        """Blocks ``[K, F)`` and the projector, read by key: the blocks before the cut and those
+        past the feature layer are never read."""
+        from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+        from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+        vision_config = copy.deepcopy(config.vision_config)
+        vision_config._attn_implementation = "sdpa"
+        vision = cls(split, nn.ModuleList(CLIPEncoderLayer(vision_config)
+                                          for _ in range(split.split_layer, split.feature_layer)),
+                     LlavaMultiModalProjector(config))
+        blocks, _ = read_vision_tensors(Path(model_dir), split.split_layer, split.feature_layer,
+                                        with_embeddings=False)
+        # encoder.layers.<absolute index>.<rest> -> layers.<index past the cut>.<rest>
+        state = {f"layers.{int(k.split('.')[2]) - split.split_layer}.{k.split('.', 3)[3]}": v
+                 for k, v in blocks.items()}
+        state.update({f"projector.{k}": v for k, v in read_projector_tensors(model_dir).items()})
+        missing, unexpected = vision.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise SplitError(f"projector weights in {model_dir} do not match the config: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return vision.to(device=device, dtype=dtype).eval()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         h = features.to(next(self.projector.parameters()).dtype)

@@ -80,3 +80,18 @@ def vision_fingerprint(model_dir: Path, split: SplitPoint) -> str:
     return read_vision_tensors(model_dir, 0, split.split_layer, True, fingerprint_only=True)[1]
 
 
+_PROJECTOR_PREFIXES = ("model.multi_modal_projector.", "multi_modal_projector.")
+
+
+def read_projector_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    """LLaVA's projector (``linear_1``, ``linear_2``), read by key, in either layout."""
+    from safetensors import safe_open
+
+    tensors = {}
+    for path in _safetensors_files(Path(model_dir)):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                for prefix in _PROJECTOR_PREFIXES:
+                    if key.startswith(prefix):
+                        tensors[key[len(prefix):]] = f.get_tensor(key)
+    return tensors

@@ -1,8 +1,8 @@
 """The request messages of ``AnswerFromCodes``, built from chunks that are already packed.
 
 Torch-free on purpose: the ONNX edge builds its messages with this and nothing heavier than
-protobuf. ``common.codec.encodings.request_messages`` (the torch edge) delegates here, so both edges
-put the same bytes on the wire."""
+protobuf. The torch edge (``EdgeHalf.messages``) builds its messages here too, so both edges put
+the same bytes on the wire."""
 
 from __future__ import annotations
 
