@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from alignedvq.evaluation.evaluate import MODES, OLD_MODE_NAMES
 from common._runtime.torchvision_cpu import install_import_hook
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_EDGE_DIR, DEFAULT_MODEL_DIR
-from alignedvq.evaluation.evaluate import MODES, OLD_MODE_NAMES
 
 
 def _dataset(args) -> int:
@@ -86,7 +86,8 @@ def _bench(args) -> int:
 
     # The report's figures (matplotlib) and its 7B JPEG rows (scikit-image's photographs).
     require("alignedvq bench", "matplotlib", "skimage")
-    from alignedvq.benchmarks.report import SECTIONS, main as report
+    from alignedvq.benchmarks.report import SECTIONS
+    from alignedvq.benchmarks.report import main as report
 
     sections = tuple(s for s in args.sections.split(",") if s) if args.sections else SECTIONS
     unknown = [s for s in sections if s not in SECTIONS]
@@ -135,8 +136,8 @@ def _eval(args) -> int:
 
 
 def _export_edge(args) -> int:
-    from common.codec.aligned_vq import CodecMismatchError
     from alignedvq.edge_export import EdgeExportError, export_edge
+    from common.codec.aligned_vq import CodecMismatchError
 
     try:
         spec = export_edge(Path(args.model), Path(args.codec), Path(args.out), args.split_layer)
@@ -152,8 +153,8 @@ def _export_edge(args) -> int:
 
 
 def _compare_edges(args) -> int:
-    from edge_agent.edge_spec import EdgeExportMissing
     from alignedvq.evaluation.edge_agreement import compare_edges
+    from edge_agent.edge_spec import EdgeExportMissing
 
     try:
         result = compare_edges(Path(args.dataset), Path(args.onnx_dir), Path(args.model),

@@ -10,15 +10,15 @@ from __future__ import annotations
 import json
 import sys
 
+from alignedvq.evaluation.answers import is_correct
+from alignedvq.server_process import ServerProcess
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from alignedvq.evaluation.answers import is_correct
 from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
-from edge_agent.torch_edge import EdgeHalf
-from edge_agent.client import ask_with_codes, ask_with_image, check_compatible
 from common.wire.channels import channel
-from alignedvq.server_process import ServerProcess
+from edge_agent.client import ask_with_codes, ask_with_image, check_compatible
+from edge_agent.torch_edge import EdgeHalf
 
 
 def main() -> int:

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from common.codec.aligned_vq import AlignedVQ
-from edge_agent.edge_spec import (GRAPH_FILE, INPUT_NAME, OUTPUT_NAME, EdgeSpec, Preprocess)
 from common.split.vision import EdgeVision
+from edge_agent.edge_spec import GRAPH_FILE, INPUT_NAME, OUTPUT_NAME, EdgeSpec, Preprocess
 
 OPSET = 18
 # A mismatch counts as a near-tie when, at the first stage where the two runtimes chose

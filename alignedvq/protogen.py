@@ -12,8 +12,8 @@ PROTO_ROOT = REPO_ROOT / "protos"
 
 
 def generate(out_dir: Path) -> list[Path]:
-    from grpc_tools import protoc
     import grpc_tools
+    from grpc_tools import protoc
 
     protos = sorted(PROTO_ROOT.rglob("*.proto"))
     include = Path(grpc_tools.__file__).parent / "_proto"

@@ -26,8 +26,8 @@ from typing import Callable
 
 import grpc
 
-from cloud_server.metrics import Metrics
 from cloud_server.errors import InvalidRequest, ServiceError, status_for
+from cloud_server.metrics import Metrics
 from common.wire.request_ids import METADATA_KEY, is_valid, new_request_id
 
 log = logging.getLogger("cloud_server")

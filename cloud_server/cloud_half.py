@@ -45,7 +45,8 @@ class CloudHalf(ProjectorHalf):
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
 
 
-def merge_image_tokens(model, input_ids: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
+def merge_image_tokens(model, input_ids: torch.Tensor,
+                       image_features: torch.Tensor) -> torch.Tensor:
     """``inputs_embeds`` with the image tokens replaced by the projected features, in order:
     what ``LlavaModel.forward`` does with ``get_image_features``' output, through its own
     ``get_placeholder_mask`` (transformers 5.19; it raises ValueError on a count mismatch)."""

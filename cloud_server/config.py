@@ -8,8 +8,8 @@ import os
 
 from pydantic import BaseModel, Field
 
-from common.split.checkpoint import default_device
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
+from common.split.checkpoint import default_device
 
 ENV_PREFIX = "ALIGNEDVQ_"
 
@@ -101,7 +101,8 @@ class ServerConfig(BaseModel):
             env = os.environ.get(ENV_PREFIX + name.upper())
             choices = (field.json_schema_extra or {}).get("choices")
             parser.add_argument(flag, default=env if env is not None else field.default,
-                                choices=choices, help=f"{field.description} (env {ENV_PREFIX}{name.upper()}; "
+                                choices=choices,
+                                help=f"{field.description} (env {ENV_PREFIX}{name.upper()}; "
                                      f"default {field.default})")
         return parser
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import torch
 
+from cloud_server.cloud_half import CloudHalf
 from cloud_server.config import ServerConfig
 from cloud_server.halves import CloudPreparer
-from common.split.checkpoint import load_image_processor
-from cloud_server.cloud_half import CloudHalf
 from cloud_server.projector_half import ProjectorHalf
+from common.split.checkpoint import load_image_processor
 from common.split.vision import EdgeVision
 from common.wire.modes import FP16
 

@@ -9,8 +9,8 @@ from typing import Callable
 
 import torch
 
-from cloud_server.loader import CloudModel
 from cloud_server.errors import InvalidRequest
+from cloud_server.loader import CloudModel
 from common.codec.encodings import PayloadError
 from common.imaging.policy import ImageRefused, load_model_input, processor_size
 from common.split.vision import features_at_cut

@@ -20,9 +20,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from alignedvq.v1 import inference_pb2, inference_pb2_grpc
-from cloud_server.config import ServerConfig
 from cloud_server import loader
 from cloud_server.calls import RpcLayer
+from cloud_server.config import ServerConfig
 from cloud_server.engines import EngineUnavailable, engine_factory
 from cloud_server.logs import configure as configure_logging
 from cloud_server.metrics import Metrics

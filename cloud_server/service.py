@@ -2,9 +2,9 @@
 
 Each call: read and validate the request (cheap, on the event loop), hand the engine a
 :class:`~cloud_server.engines.base.GenerationRequest` (RESOURCE_EXHAUSTED at once when its
-queue is full: the engine's generate admits as its first step), convert its text deltas to responses, end with a summary. Refusals are raised
-as domain errors; the RPC layer (:mod:`cloud_server.calls`) turns them into status codes, and
-logs and counts every call once.
+queue is full: the engine's ``generate`` admits as its first step), convert its text deltas to
+responses, end with a summary. Refusals are raised as domain errors; the RPC layer
+(:mod:`cloud_server.calls`) turns them into status codes, and logs and counts every call once.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from cloud_server.calls import Call, current_call
 from cloud_server.config import ServerConfig
 from cloud_server.engines.base import Finished, GenerationEngine, GenerationRequest
+from cloud_server.errors import DeadlineExceeded, NotReady
 from cloud_server.info import server_info
 from cloud_server.loader import CloudModel
 from cloud_server.metrics import Metrics
 from cloud_server.prepare import Preparer
 from cloud_server.validation import CodesReader, RequestValidator, Validated
-from cloud_server.errors import DeadlineExceeded, NotReady
 
 
 @dataclass

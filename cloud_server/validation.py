@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 from alignedvq.v1 import inference_pb2 as pb
 from cloud_server.config import ServerConfig
-from cloud_server.loader import CloudModel
 from cloud_server.errors import Incompatible, InvalidRequest
-from common.wire.modes import ALIGNEDVQ, FEATURE_MODES, IMAGE_MODE
-from common.wire.messages import fingerprint_bytes
+from cloud_server.loader import CloudModel
 from common.codec.encodings import mode_of_wire
+from common.wire.messages import fingerprint_bytes
+from common.wire.modes import ALIGNEDVQ, FEATURE_MODES, IMAGE_MODE
 
 
 @dataclass(frozen=True)

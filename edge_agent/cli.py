@@ -32,16 +32,28 @@ import grpc
 
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common._runtime.fast_exit import exit_now
-from common.wire.modes import ALIGNEDVQ, EDGE_MODES, FEATURE_MODES, IMAGE_MODE
-from common.imaging.policy import (DEFAULT_MAX_PIXELS, ImageRefused, check_image,
-                                   checkpoint_image_size, load_model_input)
+from common.imaging.policy import (
+    DEFAULT_MAX_PIXELS,
+    ImageRefused,
+    check_image,
+    checkpoint_image_size,
+    load_model_input,
+)
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_EDGE_DIR, DEFAULT_MODEL_DIR
-from common.wire.request_ids import METADATA_KEY, is_valid, new_request_id
-from edge_agent.client import (IncompatibleServer, Result, ask_with_codes, ask_with_image,
-                               auth_metadata, check_compatible, read_token, server_info)
 from common.wire.channels import channel, grpc_target
-from edge_agent.retry import (ConnectionRefusedByServer, Retrying, channel_ready,
-                              listener_accepts)
+from common.wire.modes import ALIGNEDVQ, EDGE_MODES, FEATURE_MODES, IMAGE_MODE
+from common.wire.request_ids import METADATA_KEY, is_valid, new_request_id
+from edge_agent.client import (
+    IncompatibleServer,
+    Result,
+    ask_with_codes,
+    ask_with_image,
+    auth_metadata,
+    check_compatible,
+    read_token,
+    server_info,
+)
+from edge_agent.retry import ConnectionRefusedByServer, Retrying, channel_ready, listener_accepts
 
 TLS_HINT = ("edge-agent: the server refused the connection (TLS handshake): a TLS server needs "
             "--tls-ca (the CA that signed its certificate), one that requires client "
@@ -233,7 +245,7 @@ def build_image(args: argparse.Namespace, onnx_edge):
         check_image(args.image, args.max_image_pixels)
         return None
     # The ONNX edge knows its input size from its sidecar: a device needs no checkpoint.
-    size = onnx_edge.spec.image_size if onnx_edge else checkpoint_image_size(args.model)
+    size = onnx_edge.image_size if onnx_edge else checkpoint_image_size(args.model)
     return load_model_input(args.image, size, args.max_image_pixels)
 
 

@@ -57,12 +57,6 @@ def check_compatible(info: pb.GetServerInfoResponse, edge: EdgeEncoder) -> None:
                                  f"; this edge encodes with {edge.codec_fingerprint}")
 
 
-def jpeg_upload(image: Image.Image, size: int, quality: int) -> bytes:
-    """The paper's baseline: exactly the square the model sees, JPEG-encoded
-    (:func:`common.imaging.policy.jpeg_baseline`)."""
-    return jpeg_baseline(image, size, quality)
-
-
 def _finish(result: Result, responses, started: float, on_delta) -> Result:
     for response in responses:
         if response.WhichOneof("part") == "text_delta":
@@ -127,7 +121,7 @@ def ask_with_image(stub: pb_grpc.InferenceServiceStub, image: Image.Image, quest
                    metadata=None, retry=None) -> Result:
     started = time.perf_counter()
     request = pb.AnswerFromImageRequest(
-        image=jpeg_upload(image, size, quality), question=question,
+        image=jpeg_baseline(image, size, quality), question=question,
         generation=pb.GenerationParams(max_new_tokens=max_new_tokens) if max_new_tokens else None)
     result = Result(mode="image")
     result.messages = [request.SerializeToString()]

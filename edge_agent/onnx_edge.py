@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from alignedvq.v1 import inference_pb2 as pb
+from common.wire.messages import codes_request_messages
+from common.wire.packing import pack
 from edge_agent.clip_preprocess import preprocess
 from edge_agent.edge_spec import EdgeSpec
 from edge_agent.encoder import EdgeEncoder
-from common.wire.packing import pack
-from common.wire.messages import codes_request_messages
 
 
 class OnnxEdge(EdgeEncoder):

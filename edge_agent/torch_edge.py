@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 
 from common.codec.aligned_vq import AlignedVQ
-from common.wire.modes import ALIGNEDVQ
 from common.codec.encodings import make_encoding
-from edge_agent.encoder import EdgeEncoder
 from common.split.checkpoint import load_image_processor
 from common.split.vision import EdgeVision, features_at_cut
 from common.wire.messages import codes_request_messages
+from common.wire.modes import ALIGNEDVQ
+from edge_agent.encoder import EdgeEncoder
 
 
 class EdgeHalf(EdgeEncoder):

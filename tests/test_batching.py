@@ -9,19 +9,18 @@ import time
 import grpc
 import pytest
 
+from alignedvq.server_process import ServerProcess
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
+from cloud_server.cloud_half import CloudHalf
 from cloud_server.engines.base import Finished
 from cloud_server.engines.batching import BatchDecoder, Row
 from cloud_server.engines.scheduler import Job, Scheduler
 from cloud_server.errors import InvalidRequest, Overloaded
-from common.imaging.policy import open_image
+from common.imaging.policy import jpeg_baseline, open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
-from cloud_server.cloud_half import CloudHalf
 from common.split.vision import features_at_cut
 from edge_agent.torch_edge import EdgeHalf
-from edge_agent.client import jpeg_upload
-from alignedvq.server_process import ServerProcess
 
 ROWS = [json.loads(line) for line in (SAMPLES_DIR / "questions.jsonl").read_text().splitlines()]
 # Question lengths from 2 to ~25 words, so rows are padded differently.
@@ -159,7 +158,7 @@ def _mixed_requests(edges, image_size):
         mode = ("alignedvq", "fp16", "int8", "image")[i % 4]
         if mode == "image":
             requests.append(("image", pb.AnswerFromImageRequest(
-                image=jpeg_upload(image, image_size, 90), question=question)))
+                image=jpeg_baseline(image, image_size, 90), question=question)))
         else:
             edge = edges[mode]
             requests.append(("codes", edge.messages(edge.chunks([image])[0], question)))

@@ -7,7 +7,6 @@ import subprocess
 import threading
 
 import pytest
-
 from conftest import cli
 
 pytest.importorskip("matplotlib", reason="the bench extra is not installed (make install)")
@@ -147,16 +146,15 @@ def test_proxy_link_delivers_bytes_in_order():
 def test_eval_image_mode_counts_the_upload():
     """The cloud-only reference point of the report: ``eval --mode image`` answers from the
     decoded JPEG-90 and counts exactly the upload ``edge-agent --mode image`` sends."""
-    from alignedvq.v1 import inference_pb2 as pb
-    from common.imaging.policy import open_image
-    from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
-    from edge_agent.client import jpeg_upload
     from alignedvq.evaluation.evaluate import evaluate
+    from alignedvq.v1 import inference_pb2 as pb
+    from common.imaging.policy import jpeg_baseline, open_image
+    from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
 
     questions = SAMPLES_DIR / "questions.jsonl"
     result = evaluate(DEFAULT_MODEL_DIR, questions, mode="image", progress=False)
     rows = [json.loads(line) for line in questions.read_text().splitlines() if line.strip()]
-    sizes = [len(pb.AnswerFromImageRequest(image=jpeg_upload(
+    sizes = [len(pb.AnswerFromImageRequest(image=jpeg_baseline(
         open_image(SAMPLES_DIR / r["image"]), 128, 90)).SerializeToString()) for r in rows]
     assert result["n"] == len(rows) and not result["errors"]
     assert result["payload_bytes_mean"] == sum(sizes) / len(sizes)
@@ -168,8 +166,8 @@ def test_eval_image_mode_counts_the_upload():
 def test_eval_accepts_the_image_modes_old_name():
     """Scripts written when ``eval`` called the cloud-only baseline ``jpeg`` still run it, and
     the result carries today's name, the one ``edge-agent --mode`` uses."""
-    from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
     from alignedvq.evaluation.evaluate import evaluate
+    from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
 
     result = evaluate(DEFAULT_MODEL_DIR, SAMPLES_DIR / "questions.jsonl", limit=1, mode="jpeg",
                       progress=False)

@@ -12,8 +12,8 @@ subprocess would add only another torch start-up; `tests/test_bench.py` runs the
 import json
 
 import pytest
-
 from conftest import run_in_process
+
 from alignedvq.cli import main as alignedvq
 
 pytestmark = pytest.mark.integration  # the bench commands start servers

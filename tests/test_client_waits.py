@@ -7,10 +7,10 @@ import subprocess
 import urllib.request
 
 import pytest
+from conftest import cli
 
 from alignedvq.server_process import ServerProcess
 from common.paths import SAMPLES_DIR
-from conftest import cli
 from edge_agent.cli import main
 
 pytestmark = pytest.mark.integration  # real servers or processes

@@ -6,17 +6,17 @@ import shutil
 
 import pytest
 import torch
+from conftest import run_in_process
 
+from alignedvq.cli import main as alignedvq
+from alignedvq.data.shapes_vqa import write_dataset
 from alignedvq.v1 import inference_pb2 as pb
 from common.codec.aligned_vq import AlignedVQ, CodecConfig, CodecMismatchError
 from common.codec.encodings import AlignedVQEncoding, Fp16Encoding, Int8Encoding, PayloadError
-from common.wire.messages import codes_request_messages
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
-from alignedvq.data.shapes_vqa import write_dataset
 from common.split.point import SplitPoint
 from common.split.weights import vision_fingerprint
-from conftest import run_in_process
-from alignedvq.cli import main as alignedvq
+from common.wire.messages import codes_request_messages
 
 
 def small_codec(bits=6, stages=2, dim=16, tokens=10):

@@ -7,11 +7,11 @@ import argparse
 
 import grpc
 import pytest
+from conftest import edge_agent_in_process
 
 from alignedvq.v1 import inference_pb2 as pb
 from common.imaging.policy import ImageRefused
 from common.paths import SAMPLES_DIR
-from conftest import edge_agent_in_process
 from edge_agent import cli
 from edge_agent.client import IncompatibleServer
 from edge_agent.retry import ConnectionRefusedByServer

@@ -1,20 +1,21 @@
 """The generation-engine seam (cloud_server/engines/base.py) as the builtin engine implements
 it, in-process on the tiny model: a request streams text deltas then one Finished; generate()
 admits in its first step (calling it does nothing); closing or cancelling a request frees its
-batch slot; a drained engine admits nothing. And `cloud-server --engine vllm` without vLLM exits 2 naming the extra."""
+batch slot; a drained engine admits nothing. And `cloud-server --engine vllm` without vLLM
+exits 2 naming the extra."""
 
 import asyncio
 import importlib.util
 
 import pytest
 
+from cloud_server.cloud_half import CloudHalf
 from cloud_server.config import ServerConfig
 from cloud_server.engines.base import EngineStats, Finished, GenerationRequest
 from cloud_server.engines.builtin import BuiltinEngine
 from cloud_server.errors import InvalidRequest, Overloaded, ShuttingDown
 from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
-from cloud_server.cloud_half import CloudHalf
 from common.split.vision import features_at_cut
 from edge_agent.torch_edge import EdgeHalf
 

@@ -18,14 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from conftest import status_codes_of_a_burst
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.imaging.policy import open_image
+from common.imaging.policy import jpeg_baseline, open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
-from conftest import status_codes_of_a_burst
-from edge_agent.client import jpeg_upload
 from edge_agent.torch_edge import EdgeHalf
 
 pytestmark = pytest.mark.integration
@@ -75,7 +74,7 @@ def test_streamed_deltas_concatenate_to_the_answer(small_server, edge):
         assert text == summary.answer and summary.answer, row
         assert summary.tokens_generated >= 1
     upload = pb.AnswerFromImageRequest(
-        image=jpeg_upload(open_image(SAMPLES_DIR / ROWS[0]["image"]), 128, 90),
+        image=jpeg_baseline(open_image(SAMPLES_DIR / ROWS[0]["image"]), 128, 90),
         question=ROWS[0]["question"])
     responses = list(stub.AnswerFromImage(upload, timeout=120))
     assert "".join(r.text_delta for r in responses[:-1]) == responses[-1].summary.answer

@@ -5,10 +5,10 @@ import json
 import subprocess
 
 import pytest
-
-from alignedvq.data.shapes_vqa import FAMILIES, write_dataset
 from conftest import cli, run_in_process
+
 from alignedvq.cli import main as alignedvq
+from alignedvq.data.shapes_vqa import FAMILIES, write_dataset
 
 
 def run_eval(*args):

@@ -2,8 +2,8 @@
 
 import sys
 
-from alignedvq.extras import explain
 from alignedvq.cli import main
+from alignedvq.extras import explain
 
 
 def test_bench_without_the_bench_extra_names_it(monkeypatch, tmp_path, capsys):

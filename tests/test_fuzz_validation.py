@@ -5,18 +5,18 @@ anything but the documented domain errors (so never a status outside the table).
 import numpy as np
 import pytest
 import torch
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alignedvq.v1 import inference_pb2 as pb
 from cloud_server import loader
 from cloud_server.config import ServerConfig
+from cloud_server.errors import Incompatible, InvalidRequest, ServiceError
 from cloud_server.prepare import Preparer
 from cloud_server.validation import CodesReader, RequestValidator
-from cloud_server.errors import Incompatible, InvalidRequest, ServiceError
 from common.wire.messages import fingerprint_bytes
 from common.wire.packing import PackingError, unpack
-from conftest import examples
 
 DOCUMENTED = (InvalidRequest, Incompatible)
 FUZZ = settings(max_examples=examples(1500), deadline=None,

@@ -14,11 +14,11 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import cli
 from PIL import Image
 
 from common.imaging.policy import ImageRefused, model_square, open_image
 from common.paths import SAMPLES_DIR
-from conftest import cli
 
 pytestmark = pytest.mark.integration  # real servers or processes
 

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from alignedvq.server_process import ServerProcess
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.imaging.policy import open_image
+from common.imaging.policy import jpeg_baseline, open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from edge_agent.torch_edge import EdgeHalf
-from edge_agent.client import jpeg_upload
-from alignedvq.server_process import ServerProcess
 
 pytestmark = pytest.mark.integration  # real servers or processes
 
@@ -48,7 +47,7 @@ def valid():
     for mode in ("alignedvq", "fp16", "int8"):
         edge = EdgeHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR, mode)
         out[mode] = edge.messages(edge.chunks([image])[0], QUESTION)
-    out["jpeg"] = jpeg_upload(image, 128, 90)
+    out["jpeg"] = jpeg_baseline(image, 128, 90)
     return out
 
 

@@ -15,12 +15,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import cli
+from test_security import make_pki  # throwaway CA + server certificate for 127.0.0.1
 
+from alignedvq.server_process import ServerProcess
 from alignedvq.v1 import inference_pb2 as pb
 from common.paths import REPO_ROOT, SAMPLES_DIR
-from conftest import cli
-from alignedvq.server_process import ServerProcess
-from test_security import make_pki  # throwaway CA + server certificate for 127.0.0.1
 
 CLIENT_DIR = REPO_ROOT / "examples" / "node-client"
 NODE = shutil.which("node")

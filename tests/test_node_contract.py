@@ -26,8 +26,8 @@ import pytest
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.wire.packing import unpack
 from common.paths import REPO_ROOT, SAMPLES_DIR
+from common.wire.packing import unpack
 
 CLIENT_DIR = REPO_ROOT / "examples" / "node-client"
 NODE, NPM = shutil.which("node"), shutil.which("npm")

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_agent.clip_preprocess import preprocess
-from edge_agent.edge_spec import EdgeSpec
 from common.imaging.policy import open_image
 from common.paths import REPO_ROOT, SAMPLES_DIR
+from edge_agent.clip_preprocess import preprocess
+from edge_agent.edge_spec import EdgeSpec
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (make install)")
 CLIENT_DIR = REPO_ROOT / "examples" / "node-client"

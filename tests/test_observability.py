@@ -8,12 +8,12 @@ import urllib.request
 
 import grpc
 import pytest
+from conftest import edge_agent_in_process
 
+from alignedvq.server_process import ServerProcess
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common.paths import SAMPLES_DIR
-from conftest import edge_agent_in_process
-from alignedvq.server_process import ServerProcess
 
 pytestmark = pytest.mark.integration  # a cloud-server with metrics and JSON logs
 

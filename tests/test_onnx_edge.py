@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from alignedvq.v1 import inference_pb2 as pb
-from edge_agent.clip_preprocess import preprocess
-from edge_agent.edge_spec import EdgeSpec, Preprocess
 from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
+from edge_agent.clip_preprocess import preprocess
+from edge_agent.edge_spec import EdgeSpec, Preprocess
 
 pytestmark = pytest.mark.integration  # real servers or processes
 
@@ -69,9 +69,8 @@ def test_numpy_preprocessing_equals_the_model_processor(torch_edge, size):
 
 
 def test_onnx_indices_equal_torch_indices(exported_edge, torch_edge):
-    from edge_agent.onnx_edge import OnnxEdge
-
     from edge_agent.encoder import EdgeEncoder
+    from edge_agent.onnx_edge import OnnxEdge
 
     edge = OnnxEdge(exported_edge)
     assert all(hasattr(edge, name) for name in EdgeEncoder.__annotations__)

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.wire.packing import PackingError, pack, packed_size, unpack
-from conftest import examples
 
 
 @st.composite

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from common.paths import REPO_ROOT
 from alignedvq.protogen import generate
+from common.paths import REPO_ROOT
 
 
 def test_committed_stubs_are_up_to_date(tmp_path):

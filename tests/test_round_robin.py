@@ -7,13 +7,12 @@ import time
 
 import pytest
 
+from alignedvq.server_process import ServerProcess
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.imaging.policy import open_image
+from common.imaging.policy import jpeg_baseline, open_image
 from common.paths import SAMPLES_DIR
 from common.wire.channels import channel, grpc_target
-from edge_agent.client import jpeg_upload
-from alignedvq.server_process import ServerProcess
 
 IMAGE = SAMPLES_DIR / "images" / "sample2.png"
 # The servicer's per-call log line for a successful AnswerFromImage ("AnswerFromImage OK ...";
@@ -56,7 +55,7 @@ def test_consecutive_requests_spread_over_replicas(replicas):
     before = [answered(a), answered(b)]
     stub = pb_grpc.InferenceServiceStub(channel(f"{a.address},{b.address}"))
     info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=60, wait_for_ready=True)
-    request = pb.AnswerFromImageRequest(image=jpeg_upload(open_image(IMAGE), info.image_size, 90),
+    request = pb.AnswerFromImageRequest(image=jpeg_baseline(open_image(IMAGE), info.image_size, 90),
                                         question="how many objects are there?")
     answers = [list(stub.AnswerFromImage(request, timeout=120))[-1].summary.answer
                for _ in range(6)]

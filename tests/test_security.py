@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import cli, edge_agent_in_process
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,16 +28,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from alignedvq.server_process import ServerProcess
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from cloud_server.config import ServerConfig
 from cloud_server.security import SecurityConfigError, ServerSecurity, parse_tokens
-from common.imaging.policy import open_image
+from common.imaging.policy import jpeg_baseline, open_image
 from common.paths import SAMPLES_DIR
-from conftest import cli, edge_agent_in_process
-from edge_agent.client import auth_metadata, jpeg_upload
 from common.wire.channels import channel
-from alignedvq.server_process import ServerProcess
+from edge_agent.client import auth_metadata
 
 IMAGE = SAMPLES_DIR / "images" / "sample2.png"
 QUESTION = "how many objects are there?"
@@ -160,7 +160,7 @@ def edge_in_process(*args: str):
 
 def image_request(stub, metadata=None) -> pb.AnswerFromImageRequest:
     info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30, metadata=metadata)
-    return pb.AnswerFromImageRequest(image=jpeg_upload(open_image(IMAGE), info.image_size, 90),
+    return pb.AnswerFromImageRequest(image=jpeg_baseline(open_image(IMAGE), info.image_size, 90),
                                      question=QUESTION)
 
 

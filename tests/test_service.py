@@ -7,19 +7,18 @@ import time
 
 import grpc
 import pytest
+from conftest import cli, edge_agent_in_process
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from alignedvq.evaluation.evaluate import answer_batch
+from alignedvq.server_process import ServerProcess
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from alignedvq.evaluation.evaluate import answer_batch
-from common.split.checkpoint import load_llava
-from common.imaging.policy import open_image
-from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from cloud_server.cloud_half import CloudHalf
+from common.imaging.policy import jpeg_baseline, open_image
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
+from common.split.checkpoint import load_llava
 from edge_agent.torch_edge import EdgeHalf
-from conftest import cli, edge_agent_in_process
-from edge_agent.client import jpeg_upload
-from alignedvq.server_process import ServerProcess
 
 pytestmark = pytest.mark.integration  # real cloud-server processes
 
@@ -119,7 +118,7 @@ def test_image_mode_answers_equal_the_monolithic_model_on_the_same_jpeg(server, 
     for row in ROWS[:4]:
         image = open_image(SAMPLES_DIR / row["image"])
         jpeg = tmp_path / "upload.jpg"
-        jpeg.write_bytes(jpeg_upload(image, size, 90))
+        jpeg.write_bytes(jpeg_baseline(image, size, 90))
         expected = answer_batch(model, processor, [open_image(jpeg)], [row["question"]])[0]
         out = edge_in_process(server, "--image", str(SAMPLES_DIR / row["image"]),
                               "--question", row["question"], "--mode", "image", "--json")

@@ -4,14 +4,13 @@ unchanged, edge + cloud compute exactly what the monolithic model computes."""
 import pytest
 import torch
 
-from common.split.checkpoint import build_prompt, load_llava
+from cloud_server.cloud_half import CloudHalf, merge_image_tokens
 from common.imaging.policy import open_image
 from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
-from cloud_server.cloud_half import CloudHalf
+from common.split.checkpoint import build_prompt, load_llava
+from common.split.point import SplitError, SplitPoint
 from common.split.vision import features_at_cut
 from edge_agent.torch_edge import EdgeHalf
-from common.split.point import SplitError, SplitPoint
-from cloud_server.cloud_half import merge_image_tokens
 
 IMAGES = ["sample0.png", "sample1.png", "sample3.jpg"]
 QUESTIONS = ["what shape is the purple object?", "where is the green object?",
@@ -32,7 +31,8 @@ def test_identity_codec_equals_the_monolithic_model(split_layer):
     expected, inputs = monolithic_logits(images, QUESTIONS)
     edge = EdgeHalf(DEFAULT_MODEL_DIR, mode="fp16", split_layer=split_layer)
     cloud = CloudHalf(DEFAULT_MODEL_DIR, split_layer=split_layer)
-    features = features_at_cut(edge.vision, edge.image_processor, images)  # identity: what the edge computed is what the cloud gets
+    # An identity codec: what the edge computed is what the cloud gets.
+    features = features_at_cut(edge.vision, edge.image_processor, images)
     with torch.no_grad():
         embeds = merge_image_tokens(cloud.model, inputs.input_ids,
                                     cloud.image_embeddings(features))

@@ -6,10 +6,16 @@ import numpy as np
 import torch
 
 from alignedvq.data import shapes_vqa as spec
-from common.split.checkpoint import build_prompt
 from alignedvq.training import tiny_llava
-from alignedvq.training.train_model import (Phase, SequenceBuilder, build_pool, normalize,
-                                  sample_questions, train)
+from alignedvq.training.train_model import (
+    Phase,
+    SequenceBuilder,
+    build_pool,
+    normalize,
+    sample_questions,
+    train,
+)
+from common.split.checkpoint import build_prompt
 
 
 def test_fast_normalisation_equals_the_processor():

@@ -13,13 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+from conftest import cli
 
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.imaging.policy import open_image
+from common.imaging.policy import jpeg_baseline, open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from edge_agent.torch_edge import EdgeHalf
-from conftest import cli
-from edge_agent.client import jpeg_upload
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
@@ -97,7 +96,7 @@ def test_image_mode_agrees(vllm_server, builtin_server):
 
     for row in ROWS[:4]:
         request = pb.AnswerFromImageRequest(
-            image=jpeg_upload(open_image(SAMPLES_DIR / row["image"]), 128, 90),
+            image=jpeg_baseline(open_image(SAMPLES_DIR / row["image"]), 128, 90),
             question=row["question"])
         got = [list(stub_of(s).AnswerFromImage(request, timeout=120))[-1].summary.answer
                for s in (vllm_server, builtin_server)]

@@ -20,10 +20,9 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from alignedvq.v1 import inference_pb2 as pb
-from common.imaging.policy import open_image
+from common.imaging.policy import jpeg_baseline, open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from edge_agent.torch_edge import EdgeHalf
-from edge_agent.client import jpeg_upload
 
 pytestmark = pytest.mark.integration  # real servers or processes
 
@@ -244,7 +243,7 @@ def test_payload_bytes_are_the_bytes_sent_for_an_image(channel):
     info = channel.unary_unary("/alignedvq.v1.InferenceService/GetServerInfo",
                                response_deserializer=pb.GetServerInfoResponse.FromString)(
         b"", timeout=30)
-    request = pb.AnswerFromImageRequest(image=jpeg_upload(open_image(IMAGE), info.image_size, 90),
+    request = pb.AnswerFromImageRequest(image=jpeg_baseline(open_image(IMAGE), info.image_size, 90),
                                         question=QUESTION)
     raw = request.SerializeToString() + _field(3, ZERO_MAX_NEW_TOKENS)
     assert pb.AnswerFromImageRequest.FromString(raw).ByteSize() < len(raw)

@@ -16,8 +16,8 @@ import json
 
 from alignedvq.benchmarks.drive import drive, sample_requests
 from alignedvq.benchmarks.machine import describe
-from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
 from alignedvq.server_process import ServerProcess
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
 
 CLIENTS = (1, 4, 16, 32)
 SETTINGS = {"off": ["--max-batch-size", "1"], "on": [],

@@ -44,8 +44,8 @@ def _row(name, vision, codec, pixels, repeats):
 def run(repeats: int = 20, include_7b: bool = True) -> list[dict]:
     from transformers import CLIPVisionConfig
 
-    from common.split.vision import EdgeVision
     from common.split.point import SplitPoint
+    from common.split.vision import EdgeVision
 
     rows = []
     edge = EdgeVision.from_pretrained(DEFAULT_MODEL_DIR)

@@ -14,10 +14,9 @@ import grpc
 
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-from common.imaging.policy import open_image
+from common.imaging.policy import jpeg_baseline, open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from edge_agent.torch_edge import EdgeHalf
-from edge_agent.client import jpeg_upload
 
 
 def sample_requests(modes=("alignedvq",), model=DEFAULT_MODEL_DIR,
@@ -35,7 +34,7 @@ def sample_requests(modes=("alignedvq",), model=DEFAULT_MODEL_DIR,
             size = next(iter(edges.values())).vision.config.vision_config.image_size \
                 if edges else 128
             requests.append(("image", pb.AnswerFromImageRequest(
-                image=jpeg_upload(image, size, 90), question=row["question"])))
+                image=jpeg_baseline(image, size, 90), question=row["question"])))
         else:
             edge = edges[mode]
             requests.append(("codes", edge.messages(edge.chunks([image])[0], row["question"])))

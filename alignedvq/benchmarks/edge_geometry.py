@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 
 from common.codec.aligned_vq import AlignedVQ, CodecConfig
-from edge_agent.edge_spec import Preprocess
-from common.split.vision import EdgeVision
 from common.split.point import SplitPoint
+from common.split.vision import EdgeVision
+from edge_agent.edge_spec import Preprocess
 
 # llava-hf/llava-1.5-7b-hf's preprocessor: CLIP's mean/std, bicubic, shortest edge = crop = 336.
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]

@@ -64,8 +64,8 @@ def _graph_times(vision, codec, edge_dir: Path, pixels: np.ndarray, repeats: int
 def tiny_compute(edge_dir: Path, repeats: int, threads: int) -> dict:
     from common.imaging.policy import open_image
     from edge_agent.clip_preprocess import preprocess
-    from edge_agent.torch_edge import EdgeHalf
     from edge_agent.onnx_edge import OnnxEdge
+    from edge_agent.torch_edge import EdgeHalf
 
     edge = EdgeHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR)
     onnx = OnnxEdge(edge_dir, threads)
@@ -84,8 +84,8 @@ def geometry_compute(repeats: int, threads: int, shrink: bool = False) -> dict:
     from PIL import Image
 
     from alignedvq.benchmarks.edge_geometry import geometry_edge
-    from edge_agent.clip_preprocess import preprocess
     from alignedvq.edge_export import write_edge
+    from edge_agent.clip_preprocess import preprocess
 
     vision, codec, pre = geometry_edge(shrink)
     rng = np.random.default_rng(0)

@@ -85,11 +85,11 @@ def run(shrink: bool = False, device: str = "cuda", dtype: str = "float16", repe
         bits: int = 12, new_tokens: int = 16) -> dict:
     from transformers import LlavaForConditionalGeneration
 
-    from common.codec.aligned_vq import AlignedVQ, CodecConfig
-    from common.wire.packing import pack, unpack
-    from common.split.vision import CloudVision, EdgeVision
-    from common.split.point import SplitPoint
     from cloud_server.cloud_half import merge_image_tokens
+    from common.codec.aligned_vq import AlignedVQ, CodecConfig
+    from common.split.point import SplitPoint
+    from common.split.vision import CloudVision, EdgeVision
+    from common.wire.packing import pack, unpack
 
     dev = torch.device(device)
     torch_dtype = getattr(torch, dtype)

@@ -37,8 +37,12 @@ def say(message: str) -> None:
 
 
 def write_checkpoint(out: Path, shrink: bool, device: str) -> None:
-    from transformers import (AutoTokenizer, CLIPImageProcessor, LlavaForConditionalGeneration,
-                              LlavaProcessor)
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessor,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     from alignedvq.benchmarks.gpu_geometry import llava_config
     from alignedvq.training.checkpoint_layout import rewrite_to_llava15_layout

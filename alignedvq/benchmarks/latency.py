@@ -22,8 +22,8 @@ import threading
 
 from alignedvq.benchmarks.netlink import open_link
 from alignedvq.evaluation.answers import is_correct
-from common.paths import REPO_ROOT
 from alignedvq.server_process import ServerProcess
+from common.paths import REPO_ROOT
 
 FULL_RATES_MBIT = (1, 10, 100)
 ONE_WAY_DELAY_MS = 10.0

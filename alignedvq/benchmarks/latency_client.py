@@ -22,9 +22,9 @@ import time
 
 import grpc
 
-from common.wire.modes import ALIGNEDVQ, FP16, IMAGE_MODE
 from common.imaging.policy import open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
+from common.wire.modes import ALIGNEDVQ, FP16, IMAGE_MODE
 
 MODES = (ALIGNEDVQ, IMAGE_MODE, FP16)
 
@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from alignedvq.v1 import inference_pb2 as pb
     from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-    from edge_agent.torch_edge import EdgeHalf
-    from edge_agent.client import ask_with_codes, ask_with_image, check_compatible, server_info
     from common.wire.channels import channel
+    from edge_agent.client import ask_with_codes, ask_with_image, check_compatible, server_info
+    from edge_agent.torch_edge import EdgeHalf
 
     modes = args.modes.split(",")
     counter = CountingInterceptor()

@@ -27,12 +27,17 @@ from PIL import Image
 
 from alignedvq.v1 import inference_pb2 as pb
 from common.codec.aligned_vq import AlignedVQ, CodecConfig
-from common.codec.encodings import (AlignedVQEncoding, FeatureEncoding, Fp16Encoding,
-                                    Int8Encoding, wire_bytes)
-from common.wire.messages import codes_request_messages
+from common.codec.encodings import (
+    AlignedVQEncoding,
+    FeatureEncoding,
+    Fp16Encoding,
+    Int8Encoding,
+    wire_bytes,
+)
 from common.imaging.policy import jpeg_baseline
-from common.wire.packing import pack
 from common.paths import DEFAULT_MODEL_DIR
+from common.wire.messages import codes_request_messages
+from common.wire.packing import pack
 
 JPEG_QUALITIES = (75, 90)
 # llava-1.5-7b's cut (common/split.py SplitPoint): 24 CLIP blocks, features from block 23,

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alignedvq.evaluation.answers import is_correct
 from alignedvq.edge_export import near_tie_report
-from common.imaging.policy import open_image
+from alignedvq.evaluation.answers import is_correct
 from alignedvq.evaluation.evaluate import read_questions
+from common.imaging.policy import open_image
 
 
 def _answer(stub, messages, timeout: float = 120.0) -> str:
@@ -30,13 +30,13 @@ def _answer(stub, messages, timeout: float = 120.0) -> str:
 def compare_edges(dataset: Path, onnx_dir: Path, model_dir: Path, codec_dir: Path,
                   server: str | None = None, limit: int | None = None, batch: int = 32,
                   concurrency: int = 8) -> dict:
-    from alignedvq.v1 import inference_pb2_grpc as pb_grpc
     from alignedvq.server_process import ServerProcess
+    from alignedvq.v1 import inference_pb2_grpc as pb_grpc
     from common.split.vision import features_at_cut
-    from common.wire.packing import pack
-    from edge_agent.torch_edge import EdgeHalf
     from common.wire.channels import channel
+    from common.wire.packing import pack
     from edge_agent.onnx_edge import OnnxEdge
+    from edge_agent.torch_edge import EdgeHalf
 
     started = time.monotonic()
     rows = read_questions(Path(dataset), limit)

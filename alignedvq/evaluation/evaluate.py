@@ -9,11 +9,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from alignedvq.evaluation.answers import is_correct
 from alignedvq.data.datasets import read_questions
-from common.wire.modes import FEATURE_MODES, IMAGE_MODE
-from common.split.checkpoint import build_prompt, load_llava
+from alignedvq.evaluation.answers import is_correct
 from common.imaging.policy import open_image
+from common.split.checkpoint import build_prompt, load_llava
+from common.wire.modes import FEATURE_MODES, IMAGE_MODE
 
 # The same names as `edge-agent --mode`, plus the unmodified model ("original").
 MODES = ("original", *FEATURE_MODES, IMAGE_MODE)
@@ -49,8 +49,8 @@ class SplitAnswerer:
 
     def __init__(self, model_dir: Path, mode: str, codec_dir: Path | None,
                  split_layer: int | None, device: str):
-        from common.codec.encodings import Fp16Encoding
         from cloud_server.cloud_half import CloudHalf
+        from common.codec.encodings import Fp16Encoding
         from edge_agent.torch_edge import EdgeHalf
 
         self.mode = mode

@@ -21,13 +21,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common.codec.aligned_vq import AlignedVQ, CodecConfig
-from common.split.checkpoint import load_image_processor
-from common.imaging.policy import open_image
-from cloud_server.cloud_half import CloudHalf
-from common.split.vision import EdgeVision, features_at_cut
-from cloud_server.cloud_half import merge_image_tokens
 from alignedvq.data.datasets import read_questions
+from cloud_server.cloud_half import CloudHalf, merge_image_tokens
+from common.codec.aligned_vq import AlignedVQ, CodecConfig
+from common.imaging.policy import open_image
+from common.split.checkpoint import load_image_processor
+from common.split.vision import EdgeVision, features_at_cut
 
 
 def answer_batch_ids(cloud: CloudHalf, questions: list[str], answers: list[str]):

@@ -10,7 +10,8 @@ import importlib
 
 ENGINES = ("builtin", "vllm")
 # What to install for an engine whose libraries are optional.
-EXTRAS = {"vllm": "pip install 'alignedvq[vllm]' (vLLM's CPU build; on a GPU machine: pip install vllm==0.32.0)"}
+EXTRAS = {"vllm": "pip install 'alignedvq[vllm]' (vLLM's CPU build; on a GPU machine: "
+                  "pip install vllm==0.32.0)"}
 
 
 class EngineUnavailable(RuntimeError):

@@ -12,10 +12,15 @@ import asyncio
 import logging
 from typing import AsyncIterator
 
-from cloud_server.engines.base import (EngineStats, Finished, GenerationEngine,
-                                       GenerationRequest, warm_up)
-from cloud_server.engines.scheduler import Job, Scheduler
 from cloud_server.cloud_half import CloudHalf
+from cloud_server.engines.base import (
+    EngineStats,
+    Finished,
+    GenerationEngine,
+    GenerationRequest,
+    warm_up,
+)
+from cloud_server.engines.scheduler import Job, Scheduler
 
 log = logging.getLogger("cloud_server")
 
@@ -37,7 +42,7 @@ class BuiltinEngine(GenerationEngine):
     async def start(self) -> None:
         self.scheduler.start()
         await warm_up(self, self.cloud.image_tokens, self.cloud.text_hidden_size,
-                      self.cloud.model.dtype)
+                      self.cloud.dtype)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finished]:
         loop = asyncio.get_running_loop()

@@ -30,11 +30,6 @@ import os
 import time
 from typing import AsyncIterator
 
-from cloud_server.engines.base import (EngineStats, Finished, GenerationEngine,
-                                       GenerationRequest, warm_up)
-from cloud_server.errors import Overloaded, ShuttingDown
-from common.split.checkpoint import build_prompt
-
 # Imported here, not lazily: `cloud-server --engine vllm` must fail at start-up, before anything
 # loads, when vLLM is missing (cloud_server/engines/__init__.py reports the extra to install).
 import vllm  # noqa: F401  (pragma: the import is the check)
@@ -42,6 +37,16 @@ from vllm import AsyncEngineArgs, SamplingParams
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
+
+from cloud_server.engines.base import (
+    EngineStats,
+    Finished,
+    GenerationEngine,
+    GenerationRequest,
+    warm_up,
+)
+from cloud_server.errors import Overloaded, ShuttingDown
+from common.split.checkpoint import build_prompt
 
 log = logging.getLogger("cloud_server")
 

@@ -13,7 +13,6 @@ import torch
 
 from common.split.point import SplitPoint
 
-
 _VISION_PREFIXES = ("model.vision_tower.", "vision_tower.")
 
 
