@@ -86,11 +86,12 @@ class GenerationEngine(abc.ABC):
         return contextlib.nullcontext()
 
 
-async def warm_up(engine: GenerationEngine, image_tokens: int, hidden_size: int,
+async def warm_up(generate: Callable[[GenerationRequest], AsyncIterator[str | Finished]],
+                  image_tokens: int, hidden_size: int,
                   dtype: torch.dtype = torch.float32) -> None:
-    """One request through the engine's own ``generate``, so the first user does not pay for
-    lazy set-up anywhere on the path a real request takes."""
+    """One request through the engine's own generation path (``generate``), so the first user
+    does not pay for lazy set-up anywhere on the path a real request takes."""
     request = GenerationRequest("warm-up", "warm up", 2,
                                 lambda: torch.zeros(image_tokens, hidden_size, dtype=dtype))
-    async for _ in engine.generate(request):
+    async for _ in generate(request):
         pass

@@ -9,6 +9,7 @@ cross back to the loop through its own queue, read by :meth:`BuiltinEngine.gener
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import AsyncIterator
 
@@ -41,10 +42,16 @@ class BuiltinEngine(GenerationEngine):
 
     async def start(self) -> None:
         self.scheduler.start()
-        await warm_up(self, self.cloud.image_tokens, self.cloud.text_hidden_size,
-                      self.cloud.dtype)
+        # The warm-up is the engine's own request and is admitted past the queue limit: a
+        # server started with --max-queued 0 (one that refuses every answer) must still start.
+        await warm_up(functools.partial(self._generate, within_limits=False),
+                      self.cloud.image_tokens, self.cloud.text_hidden_size, self.cloud.dtype)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finished]:
+    def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finished]:
+        return self._generate(request, within_limits=True)
+
+    async def _generate(self, request: GenerationRequest,
+                        within_limits: bool) -> AsyncIterator[str | Finished]:
         loop = asyncio.get_running_loop()
         outbox: asyncio.Queue = asyncio.Queue()
 
@@ -55,7 +62,7 @@ class BuiltinEngine(GenerationEngine):
                 pass
 
         job = Job(request.prepare, request.question, request.max_new_tokens, post)
-        self.scheduler.submit(job, request.arrival)  # Overloaded / ShuttingDown
+        self.scheduler.submit(job, request.arrival, within_limits)  # Overloaded, ShuttingDown
         ended = False
         try:
             while not ended:

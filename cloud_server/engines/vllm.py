@@ -169,7 +169,7 @@ class VllmEngine(GenerationEngine):
         self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args,
                                            stat_loggers=[self.view])
         # No output task to start by hand: vLLM's add_request starts it, on the loop that calls.
-        await warm_up(self, self.image_tokens, self.hidden_size)
+        await warm_up(self.generate, self.image_tokens, self.hidden_size)
 
     async def drain(self) -> None:
         self.draining = True
