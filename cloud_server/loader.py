@@ -42,8 +42,5 @@ def load(config: ServerConfig) -> CloudModel:
     cloud = half(config.model, config.codec, config.split_layer, device, dtype,
                  vision_fingerprint=vision.fingerprint)
     processor = load_image_processor(config.model)
-    model = CloudModel(cloud, vision, processor, cloud.model_id)
-    # The first upload should not pay for lazy initialisation of the vision path either.
-    size = cloud.image_size
-    cloud.image_embeddings(vision(torch.zeros(1, 3, size, size, device=device)))
-    return model
+    # Warmed up by the engine's first request (cloud_server.prepare.Preparer.warm_up_request).
+    return CloudModel(cloud, vision, processor, cloud.model_id)

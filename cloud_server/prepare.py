@@ -5,10 +5,13 @@ raise InvalidRequest."""
 from __future__ import annotations
 
 import functools
+import io
 from typing import Callable
 
 import torch
+from PIL import Image
 
+from cloud_server.engines.base import GenerationRequest
 from cloud_server.errors import InvalidRequest
 from cloud_server.loader import CloudModel
 from common.codec.encodings import PayloadError
@@ -26,6 +29,16 @@ class Preparer:
 
     def from_image(self, data: bytes) -> Callable[[], torch.Tensor]:
         return functools.partial(self.image_embeddings, data)
+
+    def warm_up_request(self) -> GenerationRequest:
+        """A request made as an image upload's is (a mid-grey PNG of the model's square), so
+        the engine's warm-up runs every stage a real request runs: image decoding, the image
+        policy and processor, the vision blocks on both sides of the cut, the projector and the
+        language model."""
+        size = processor_size(self.model.image_processor)
+        png = io.BytesIO()
+        Image.new("RGB", (size, size), (128, 128, 128)).save(png, format="PNG")
+        return GenerationRequest("warm-up", "warm up", 2, self.from_image(png.getvalue()))
 
     # -- payload -> image embeddings (image_tokens, text_hidden_size) ----------------------
     @torch.inference_mode()

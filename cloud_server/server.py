@@ -134,8 +134,9 @@ class Running:
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(self.load_thread, loader.load, self.config)
         self.engine = self.built.create_engine(self.config, model)
-        await self.engine.start()
-        return Backend.build(self.config, model, self.engine)
+        backend = Backend.build(self.config, model, self.engine)
+        await self.engine.start(backend.preparer.warm_up_request())
+        return backend
 
     async def _serve(self, backend: Backend) -> None:
         self.built.metrics.watch(self.engine)

@@ -46,7 +46,7 @@ async def _collect(stream):
 def test_a_request_streams_deltas_then_one_finished(cloud, features):
     async def run():
         engine = BuiltinEngine(cloud, max_batch_size=4, batch_window_s=0)
-        await engine.start()
+        await engine.start(_request(cloud, features, 2, "warm-up"))
         try:
             items = await _collect(engine.generate(_request(cloud, features)))
             bad = GenerationRequest("bad", QUESTION, 4, lambda: (_ for _ in ()).throw(
@@ -96,7 +96,7 @@ def test_closing_or_cancelling_requests_frees_their_batch_slots(cloud, features)
     each stopped request must leave the batch, or the stats never return to 0."""
     async def run():
         engine = BuiltinEngine(cloud, max_batch_size=4, batch_window_s=0)
-        await engine.start()
+        await engine.start(_request(cloud, features, 2, "warm-up"))
         engine.scheduler.decoder.eos = set()  # runs to max_new_tokens unless aborted
         try:
             generations = [engine.generate(_request(cloud, features, 4000, f"r{i}"))

@@ -53,8 +53,11 @@ class GenerationEngine(abc.ABC):
     name: str  # "builtin" | "vllm"
 
     @abc.abstractmethod
-    async def start(self) -> None:
-        """Load and warm up; called once before serving."""
+    async def start(self, warm_up: GenerationRequest) -> None:
+        """Load, then run ``warm_up`` through the engine's own generation path, so the first
+        user pays for no lazy set-up; called once before serving. The server makes ``warm_up``
+        as an image upload is made (:meth:`cloud_server.prepare.Preparer.warm_up_request`), so
+        that one request runs every stage a real one does."""
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finished]:
@@ -84,14 +87,3 @@ class GenerationEngine(abc.ABC):
         request's ``arrival``, so an engine with a batching window can wait for requests already
         on their way instead of starting a batch of one."""
         return contextlib.nullcontext()
-
-
-async def warm_up(generate: Callable[[GenerationRequest], AsyncIterator[str | Finished]],
-                  image_tokens: int, hidden_size: int,
-                  dtype: torch.dtype = torch.float32) -> None:
-    """One request through the engine's own generation path (``generate``), so the first user
-    does not pay for lazy set-up anywhere on the path a real request takes."""
-    request = GenerationRequest("warm-up", "warm up", 2,
-                                lambda: torch.zeros(image_tokens, hidden_size, dtype=dtype))
-    async for _ in generate(request):
-        pass

@@ -9,7 +9,6 @@ cross back to the loop through its own queue, read by :meth:`BuiltinEngine.gener
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from typing import AsyncIterator
 
@@ -19,7 +18,6 @@ from cloud_server.engines.base import (
     Finished,
     GenerationEngine,
     GenerationRequest,
-    warm_up,
 )
 from cloud_server.engines.scheduler import Job, Scheduler
 
@@ -40,12 +38,12 @@ class BuiltinEngine(GenerationEngine):
         return cls(model.cloud, config.max_batch_size, config.batch_window_ms / 1000,
                    config.max_queued)
 
-    async def start(self) -> None:
+    async def start(self, warm_up: GenerationRequest) -> None:
         self.scheduler.start()
-        # The warm-up is the engine's own request and is admitted past the queue limit: a
-        # server started with --max-queued 0 (one that refuses every answer) must still start.
-        await warm_up(functools.partial(self._generate, within_limits=False),
-                      self.cloud.image_tokens, self.cloud.text_hidden_size, self.cloud.dtype)
+        # Admitted past the queue limit: a server started with --max-queued 0 (one that
+        # refuses every answer) must still start.
+        async for _ in self._generate(warm_up, within_limits=False):
+            pass
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finished]:
         return self._generate(request, within_limits=True)

@@ -43,7 +43,6 @@ from cloud_server.engines.base import (
     Finished,
     GenerationEngine,
     GenerationRequest,
-    warm_up,
 )
 from cloud_server.errors import Overloaded, ShuttingDown
 from common.split.checkpoint import build_prompt
@@ -136,11 +135,9 @@ class _Progress:
 class VllmEngine(GenerationEngine):
     name = "vllm"
 
-    def __init__(self, engine_args: dict, processor, image_tokens: int, hidden_size: int,
-                 max_queued: int):
+    def __init__(self, engine_args: dict, processor, max_queued: int):
         self.engine_args = engine_args
         self.processor = processor
-        self.image_tokens, self.hidden_size = image_tokens, hidden_size
         self.max_running = engine_args.get("max_num_seqs", 256)
         self.max_queued = max_queued
         self.llm: AsyncLLM | None = None
@@ -158,18 +155,18 @@ class VllmEngine(GenerationEngine):
         device = config.resolved_device()
         cloud = model.cloud
         return cls(engine_arguments(config, "cuda" if device.startswith("cuda") else "cpu"),
-                   cloud.processor, cloud.image_tokens,
-                   cloud.text_hidden_size, config.max_queued)
+                   cloud.processor, config.max_queued)
 
     # -- life cycle -------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, warm_up: GenerationRequest) -> None:
         log.info("starting vLLM %s: %s", vllm.__version__, self.engine_args)
         args = AsyncEngineArgs(**self.engine_args)
         # Constructing it starts the engine core process and loads the model: blocking.
         self.llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args,
                                            stat_loggers=[self.view])
         # No output task to start by hand: vLLM's add_request starts it, on the loop that calls.
-        await warm_up(self.generate, self.image_tokens, self.hidden_size)
+        async for _ in self.generate(warm_up):
+            pass
 
     async def drain(self) -> None:
         self.draining = True
