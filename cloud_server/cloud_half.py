@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
+from cloud_server.language_model import build_prompt, load_chat_processor, load_language_model
 from cloud_server.projector_half import ProjectorHalf
-from common.split.checkpoint import build_prompt, load_chat_processor, load_language_model
 
 
 class CloudHalf(ProjectorHalf):

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
+from cloud_server.cloud_vision import CloudVision
 from cloud_server.halves import CloudPreparer
 from common.codec.aligned_vq import AlignedVQ
 from common.codec.encodings import FeatureEncoding, feature_encodings
 from common.split.checkpoint import load_processor
 from common.split.point import SplitPoint
-from common.split.vision import CloudVision
 from common.split.weights import vision_fingerprint as read_vision_fingerprint
 
 

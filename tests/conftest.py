@@ -76,7 +76,7 @@ def _unit_tests_start_no_process(request, monkeypatch):
 
 @pytest.fixture(scope="session")
 def embedded_model():
-    from common.split.checkpoint import load_llava
+    from alignedvq.evaluation.original_model import load_llava
 
     return load_llava(DEFAULT_MODEL_DIR)
 

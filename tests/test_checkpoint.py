@@ -9,9 +9,9 @@ import pytest
 
 from alignedvq.evaluation.answers import is_correct
 from alignedvq.evaluation.evaluate import answer_batch
+from cloud_server.language_model import build_prompt
 from common.imaging.policy import open_image
 from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
-from common.split.checkpoint import build_prompt
 
 
 @pytest.mark.integration

@@ -99,6 +99,7 @@ def test_server_start_reads_the_blocks_before_the_cut_once(engine, monkeypatch):
     """The image-upload path reads them; the cloud half takes its fingerprint and builds its
     language model without a vision tower."""
     from cloud_server import loader
+    from cloud_server import cloud_vision
     from cloud_server.config import ServerConfig
     from common.split import vision, weights
 
@@ -111,6 +112,7 @@ def test_server_start_reads_the_blocks_before_the_cut_once(engine, monkeypatch):
 
     monkeypatch.setattr(weights, "read_vision_tensors", counted)
     monkeypatch.setattr(vision, "read_vision_tensors", counted)
+    monkeypatch.setattr(cloud_vision, "read_vision_tensors", counted)
     model = loader.load(ServerConfig.from_args(["--engine", engine]))
     split = model.cloud.split
     assert sorted(reads) == [(0, split.split_layer), (split.split_layer, split.feature_layer)]

@@ -11,13 +11,13 @@ from conftest import cli, edge_agent_in_process
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from alignedvq.evaluation.evaluate import answer_batch
+from alignedvq.evaluation.original_model import load_llava
 from alignedvq.server_process import ServerProcess
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from cloud_server.cloud_half import CloudHalf
 from common.imaging.policy import jpeg_baseline, open_image
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
-from common.split.checkpoint import load_llava
 from edge_agent.torch_edge import EdgeHalf
 
 pytestmark = pytest.mark.integration  # real cloud-server processes

@@ -4,10 +4,11 @@ unchanged, edge + cloud compute exactly what the monolithic model computes."""
 import pytest
 import torch
 
+from alignedvq.evaluation.original_model import load_llava
 from cloud_server.cloud_half import CloudHalf, merge_image_tokens
+from cloud_server.language_model import build_prompt
 from common.imaging.policy import open_image
 from common.paths import DEFAULT_MODEL_DIR, SAMPLES_DIR
-from common.split.checkpoint import build_prompt, load_llava
 from common.split.point import SplitError, SplitPoint
 from common.split.vision import features_at_cut
 from edge_agent.torch_edge import EdgeHalf

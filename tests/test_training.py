@@ -15,7 +15,7 @@ from alignedvq.training.train_model import (
     sample_questions,
     train,
 )
-from common.split.checkpoint import build_prompt
+from cloud_server.language_model import build_prompt
 
 
 def test_fast_normalisation_equals_the_processor():
@@ -55,7 +55,7 @@ def test_patch_labels_name_the_object_underneath():
 
 def test_a_short_training_run_saves_a_loadable_checkpoint(tmp_path):
     from alignedvq.evaluation.evaluate import answer_batch
-    from common.split.checkpoint import load_llava
+    from alignedvq.evaluation.original_model import load_llava
 
     phases = (Phase("frozen vision", 1e-3, 6, 3, False, 0), Phase("end to end", 5e-4, 2, 2, True, 1))
     # 16 held-out images instead of the recipe's 256: the run checks the mechanics (phases,

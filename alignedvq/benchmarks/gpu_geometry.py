@@ -86,9 +86,10 @@ def run(shrink: bool = False, device: str = "cuda", dtype: str = "float16", repe
     from transformers import LlavaForConditionalGeneration
 
     from cloud_server.cloud_half import merge_image_tokens
+    from cloud_server.cloud_vision import CloudVision
     from common.codec.aligned_vq import AlignedVQ, CodecConfig
     from common.split.point import SplitPoint
-    from common.split.vision import CloudVision, EdgeVision
+    from common.split.vision import EdgeVision
     from common.wire.packing import pack, unpack
 
     dev = torch.device(device)

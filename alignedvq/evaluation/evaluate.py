@@ -11,8 +11,8 @@ from tqdm import tqdm
 
 from alignedvq.data.datasets import read_questions
 from alignedvq.evaluation.answers import is_correct
+from alignedvq.evaluation.original_model import answer_batch, load_llava
 from common.imaging.policy import open_image
-from common.split.checkpoint import build_prompt, load_llava
 from common.wire.modes import FEATURE_MODES, IMAGE_MODE
 
 # The same names as `edge-agent --mode`, plus the unmodified model ("original").
@@ -21,25 +21,6 @@ MODES = ("original", *FEATURE_MODES, IMAGE_MODE)
 OLD_MODE_NAMES = {"jpeg": IMAGE_MODE}
 # The cloud-only baseline: what `edge-agent --mode image` uploads (its default quality).
 JPEG_QUALITY = 90
-
-
-def answer_batch(model, processor, images: list, questions: list[str],
-                 max_new_tokens: int = 8) -> list[str]:
-    """Greedy answers of the unmodified model for a batch of (image, question) pairs."""
-    import torch
-
-    with torch.inference_mode():
-        return _answer_batch(model, processor, images, questions, max_new_tokens)
-
-
-def _answer_batch(model, processor, images, questions, max_new_tokens):
-    prompts = [build_prompt(processor, q) for q in questions]
-    inputs = processor(images=images, text=prompts, padding=True, return_tensors="pt")
-    inputs = inputs.to(model.device)
-    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    new_tokens = out[:, inputs["input_ids"].shape[1]:]
-    return [t.strip() for t in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
 class SplitAnswerer:

@@ -49,7 +49,8 @@ def _left_pad(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
 
 
 class BatchDecoder:
-    """Owns the running batch of one :class:`~common.pipeline.CloudHalf`'s language model."""
+    """Owns the running batch of one :class:`~cloud_server.cloud_half.CloudHalf`'s language
+    model."""
 
     def __init__(self, cloud):
         self.cloud = cloud

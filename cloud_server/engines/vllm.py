@@ -45,7 +45,7 @@ from cloud_server.engines.base import (
     GenerationRequest,
 )
 from cloud_server.errors import Overloaded, ShuttingDown
-from common.split.checkpoint import build_prompt
+from cloud_server.language_model import build_prompt
 
 log = logging.getLogger("cloud_server")
 
