@@ -120,8 +120,9 @@ _KINDS = {(False, False): (grpc.unary_unary_rpc_method_handler, "unary_unary"),
 
 
 class _Method:
-    """One method's wrapper: everything the interceptor learns from the handler once, and the
-    steps every call of it goes through (begin, admit, run, end or refuse)."""
+    """One call's wrapper (grpc.aio asks the interceptor for a handler per call): what the
+    handler says about its method, and the steps the call goes through (begin, admit, run, end
+    or refuse)."""
 
     def __init__(self, layer: "RpcLayer", full_method: str, metadata, handler):
         service, _, method = full_method.lstrip("/").rpartition("/")

@@ -13,7 +13,6 @@ from cloud_server.cloud_half import CloudHalf
 from cloud_server.config import ServerConfig
 from cloud_server.halves import CloudPreparer
 from cloud_server.projector_half import ProjectorHalf
-from common.split.checkpoint import load_image_processor
 from common.split.vision import EdgeVision
 from common.wire.modes import FP16
 
@@ -23,7 +22,6 @@ class CloudModel:
     cloud: CloudPreparer      # CloudHalf (builtin engine) or ProjectorHalf (vLLM)
     vision: EdgeVision        # blocks [0, K) for AnswerFromImage
     image_processor: object   # the checkpoint's own resize/crop/normalise
-    model_id: str
 
     def fp16_feature_bytes(self) -> int:
         """What the same tokens would cost as raw fp16 features: the compression reference."""
@@ -41,6 +39,7 @@ def load(config: ServerConfig) -> CloudModel:
     half = ProjectorHalf if config.engine == "vllm" else CloudHalf
     cloud = half(config.model, config.codec, config.split_layer, device, dtype,
                  vision_fingerprint=vision.fingerprint)
-    processor = load_image_processor(config.model)
+    # The cloud half's processor already holds the checkpoint's image processor.
+    processor = cloud.processor.image_processor
     # Warmed up by the engine's first request (cloud_server.prepare.Preparer.warm_up_request).
-    return CloudModel(cloud, vision, processor, cloud.model_id)
+    return CloudModel(cloud, vision, processor)

@@ -27,18 +27,23 @@ class Preparer:
     def from_codes(self, mode: str, chunks: list[bytes]) -> Callable[[], torch.Tensor]:
         return functools.partial(self.codes_embeddings, mode, chunks)
 
-    def from_image(self, data: bytes) -> Callable[[], torch.Tensor]:
-        return functools.partial(self.image_embeddings, data)
+    def from_image(self, data: bytes,
+                   max_pixels: int | None = None) -> Callable[[], torch.Tensor]:
+        """``max_pixels``: the image policy's limit (default: --max-image-pixels)."""
+        return functools.partial(self.image_embeddings, data,
+                                 max_pixels or self.max_image_pixels)
 
     def warm_up_request(self) -> GenerationRequest:
         """A request made as an image upload's is (a mid-grey PNG of the model's square), so
-        the engine's warm-up runs every stage a real request runs: image decoding, the image
-        policy and processor, the vision blocks on both sides of the cut, the projector and the
-        language model."""
+        the engine's warm-up runs the stages an upload runs: image decoding, the image policy
+        and processor, the vision blocks on both sides of the cut, the projector, prefill and a
+        decode step. (Not warmed: the codec's decoding, and joining a running batch.) Its image
+        passes whatever --max-image-pixels says: a server that refuses uploads must start."""
         size = processor_size(self.model.image_processor)
         png = io.BytesIO()
         Image.new("RGB", (size, size), (128, 128, 128)).save(png, format="PNG")
-        return GenerationRequest("warm-up", "warm up", 2, self.from_image(png.getvalue()))
+        return GenerationRequest("warm-up", "warm up", 2,
+                                 self.from_image(png.getvalue(), max_pixels=size * size))
 
     # -- payload -> image embeddings (image_tokens, text_hidden_size) ----------------------
     @torch.inference_mode()
@@ -51,14 +56,14 @@ class Preparer:
         return cloud.image_embeddings(features[None])[0]
 
     @torch.inference_mode()
-    def image_embeddings(self, data: bytes) -> torch.Tensor:
+    def image_embeddings(self, data: bytes, max_pixels: int) -> torch.Tensor:
         if not data:
             raise InvalidRequest("the image is empty; send JPEG or PNG bytes")
         processor = self.model.image_processor
         try:
             # The edge's image policy (common/imaging/policy.py): the same refusals, conversions and
             # crop, in bounded memory, so both modes see the same pixels.
-            image = load_model_input(data, processor_size(processor), self.max_image_pixels)
+            image = load_model_input(data, processor_size(processor), max_pixels)
         except ImageRefused as e:
             raise InvalidRequest(f"{e}; send JPEG or PNG bytes") from None
         features = features_at_cut(self.model.vision, processor, [image])

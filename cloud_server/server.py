@@ -29,7 +29,6 @@ from cloud_server.metrics import Metrics
 from cloud_server.security import SecurityConfigError, ServerSecurity
 from cloud_server.service import Backend, InferenceService
 from common._runtime.fast_exit import exit_now
-from common._runtime.torchvision_cpu import install_import_hook
 
 log = logging.getLogger("cloud_server")
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -107,6 +106,8 @@ class Running:
             if loading.exception() is not None:
                 log.error("could not load the model: %s", loading.exception())
                 await self.built.server.stop(0)
+                if self.engine is not None:  # started its processes (vLLM), then failed
+                    await self.engine.close()
                 return 1
             await self._serve(loading.result())
             await self.stopping.wait()
@@ -142,7 +143,7 @@ class Running:
         self.built.metrics.watch(self.engine)
         self.built.service.serve_with(backend)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s (codec %s) on %s with the %s engine", backend.model.model_id,
+        log.info("serving %s (codec %s) on %s with the %s engine", backend.model.cloud.model_id,
                  backend.model.cloud.codec_fingerprint or "none", self.config.resolved_device(),
                  self.engine.name)
         print("cloud-server ready", flush=True)
@@ -176,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: ServerConfig) -> int:
-    install_import_hook()  # before any transformers import (common/_runtime/torchvision_cpu.py)
     configure_logging(config.log_format)
     try:
         import uvloop

@@ -136,7 +136,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         return pb.AnswerSummary(
             payload_bytes=call.received, decode_ms=result.prepare_ms, queue_ms=result.queue_ms,
             generate_ms=result.generate_ms, tokens_generated=result.tokens,
-            model_id=backend.model.model_id,
+            model_id=backend.model.cloud.model_id,
             codec_fingerprint=backend.model.cloud.codec_fingerprint, answer=result.text,
             batch_size=result.batch_size, request_id=call.request_id,
             codec_fingerprint_bytes=bytes.fromhex(backend.model.cloud.codec_fingerprint),

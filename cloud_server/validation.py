@@ -36,11 +36,11 @@ class RequestValidator:
 
     def codes_header(self, header: pb.CodesHeader) -> Validated:
         """Refuses anything this server cannot decode."""
-        c, model_id = self.model.cloud, self.model.model_id
+        c = self.model.cloud
         if header.vision_fingerprint != fingerprint_bytes(c.vision_fingerprint):
             raise Incompatible(f"the request was encoded by vision weights "
                                f"{header.vision_fingerprint.hex() or '(none)'}, this server runs "
-                               f"{c.vision_fingerprint[:16]} (model {model_id}, split layer "
+                               f"{c.vision_fingerprint[:16]} (model {c.model_id}, split layer "
                                f"{c.split.split_layer})")
         mode = mode_of_wire(header.encoding)
         if mode is None:

@@ -145,7 +145,8 @@ class Session:
 
     args: argparse.Namespace
     image: object            # the model's input square (feature modes) or None (image mode)
-    edge: object             # an edge_agent.encoder.EdgeEncoder, or None (image mode)
+    edge: object             # the ONNX edge; None for image mode, and for --runtime torch
+                             # until ask() loads it (after --check-server's answer)
     channel: grpc.Channel
     stub: pb_grpc.InferenceServiceStub
     retry: Retrying
@@ -294,8 +295,9 @@ def ask(s: Session) -> Result:
                               args.max_new_tokens, stream, metadata=s.metadata, retry=s.retry)
     info = server_info(s.stub, metadata=s.metadata, retry=s.retry) if args.check_server \
         else None
-    # Loaded after --check-server's answer, as before: a server that cannot decode this edge's
-    # payload is refused without loading torch.
+    # Loaded after --check-server's answer, as before: a server that is down or still loading
+    # is waited for before the torch edge's start-up is paid (the comparison itself needs the
+    # edge's fingerprints, so an incompatible server is refused after it).
     edge = s.edge or load_torch_edge(args)
     if info is not None:
         check_compatible(info, edge)

@@ -54,5 +54,5 @@ class OnnxEdge(EdgeEncoder):
     def messages(self, chunks: list[bytes], question: str = "", max_new_tokens: int = 0):
         return codes_request_messages(pb.FEATURE_ENCODING_ALIGNEDVQ, self.spec.tokens,
                                       self.spec.bits, self.spec.stages, chunks,
-                                      self.spec.vision_fingerprint, self.spec.codec_fingerprint,
-                                      question, max_new_tokens)
+                                      self.vision_fingerprint, self.codec_fingerprint, question,
+                                      max_new_tokens)

@@ -281,6 +281,8 @@ def status_codes_of_a_burst(call, n: int, timeout: float = 120) -> list[str]:
         t.start()
     for t in threads:
         t.join(timeout)
+    # A call still hanging would otherwise just be missing from the outcomes.
+    assert len(codes) == n, f"{n - len(codes)} of {n} calls did not end within {timeout:g} s"
     return codes
 
 

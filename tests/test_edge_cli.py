@@ -71,7 +71,11 @@ class FakeEdge:
     mode, vision_fingerprint, codec_fingerprint = "alignedvq", "ab" * 8, "cd" * 8
     split_layer, image_size = 1, 32
 
+    def __init__(self):
+        self.encoded = 0  # images encoded
+
     def chunks(self, images):
+        self.encoded += len(images)
         return [[b"\x01\x02"]]
 
     def messages(self, chunks, question="", max_new_tokens=0):
@@ -124,7 +128,8 @@ def test_check_server_asks_server_info_first_and_refuses_locally():
     s.args.check_server = True
     with pytest.raises(IncompatibleServer, match="server runs vision weights 0000000000000000"):
         cli.ask(s)
-    assert stub.calls == ["GetServerInfo"]  # refused before encoding or sending anything
+    assert stub.calls == ["GetServerInfo"]  # refused before sending anything
+    assert s.edge.encoded == 0              # or encoding anything
 
 
 def test_the_servers_failed_precondition_is_incompatible_server(capsys):

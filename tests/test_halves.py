@@ -13,7 +13,7 @@ from cloud_server.cloud_half import CloudHalf
 from cloud_server.halves import CloudPreparer
 from cloud_server.projector_half import ProjectorHalf
 from common.codec.encodings import FeatureEncoding
-from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from common.wire.modes import FEATURE_MODES
 from edge_agent.encoder import EdgeEncoder
 from edge_agent.onnx_edge import OnnxEdge
@@ -98,8 +98,7 @@ def test_decoding_a_request_builds_no_encoding(cloud, monkeypatch):
 def test_server_start_reads_the_blocks_before_the_cut_once(engine, monkeypatch):
     """The image-upload path reads them; the cloud half takes its fingerprint and builds its
     language model without a vision tower."""
-    from cloud_server import loader
-    from cloud_server import cloud_vision
+    from cloud_server import cloud_vision, loader
     from cloud_server.config import ServerConfig
     from common.split import vision, weights
 
@@ -123,3 +122,21 @@ def test_a_half_without_a_codec_offers_only_raw_features():
     half = ProjectorHalf(DEFAULT_MODEL_DIR)
     assert half.codec is None and half.codec_fingerprint == ""
     assert list(half.encodings) == [m for m in FEATURE_MODES if m != "alignedvq"]
+
+
+def test_the_warm_up_passes_any_image_limit():
+    """A server whose --max-image-pixels refuses every upload still warms up (and so starts);
+    its uploads are refused as before."""
+    from cloud_server import loader
+    from cloud_server.config import ServerConfig
+    from cloud_server.errors import InvalidRequest
+    from cloud_server.prepare import Preparer
+
+    model = loader.load(ServerConfig.from_args([]))
+    preparer = Preparer(model, max_image_pixels=1)
+    warm_up = preparer.warm_up_request()
+    embeddings = warm_up.prepare()
+    assert embeddings.shape == (model.cloud.image_tokens, model.cloud.text_hidden_size)
+    image = (SAMPLES_DIR / "images" / "sample0.png").read_bytes()
+    with pytest.raises(InvalidRequest, match="pixels"):
+        preparer.from_image(image)()

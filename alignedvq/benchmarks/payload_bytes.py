@@ -40,7 +40,7 @@ from common.wire.messages import codes_request_messages
 from common.wire.packing import pack
 
 JPEG_QUALITIES = (75, 90)
-# llava-1.5-7b's cut (common/split.py SplitPoint): 24 CLIP blocks, features from block 23,
+# llava-1.5-7b's cut (common/split/point.py SplitPoint): 24 CLIP blocks, features from block 23,
 # CLS dropped at the feature layer -> 24 x 24 patches cross.
 LLAVA7B = {"image_size": 336, "patch": 14, "dim": 1024, "blocks": 24, "feature_layer": 23}
 # scikit-image ships these photographs inside its wheel (no download).

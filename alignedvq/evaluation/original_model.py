@@ -21,16 +21,10 @@ def load_llava(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = 
     return model, processor
 
 
+@torch.inference_mode()
 def answer_batch(model, processor, images: list, questions: list[str],
                  max_new_tokens: int = 8) -> list[str]:
     """Greedy answers of the unmodified model for a batch of (image, question) pairs."""
-    import torch
-
-    with torch.inference_mode():
-        return _answer_batch(model, processor, images, questions, max_new_tokens)
-
-
-def _answer_batch(model, processor, images, questions, max_new_tokens):
     prompts = [build_prompt(processor, q) for q in questions]
     inputs = processor(images=images, text=prompts, padding=True, return_tensors="pt")
     inputs = inputs.to(model.device)

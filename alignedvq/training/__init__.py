@@ -1,1 +1,1 @@
-""""""
+"""Training the embedded tiny LLaVA and AlignedVQ codecs."""

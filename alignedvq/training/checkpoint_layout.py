@@ -6,7 +6,7 @@ flattened names (``vision_tower.embeddings...``). transformers itself loads eith
 vLLM's ``LlavaForConditionalGeneration`` (and other llava-1.5 tools) only know the original one
 (``There is no module or parameter named 'vision_tower.embeddings'``). So the checkpoint is
 rewritten to llava-1.5-hf's names after saving. The vision fingerprint is unaffected: it hashes
-the names inside the vision model (common/split.py strips either prefix) and the stored bytes.
+the names inside the vision model (common/split/weights.py strips either prefix) and the stored bytes.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class GenerationEngine(abc.ABC):
         """Load, then run ``warm_up`` through the engine's own generation path, so the first
         user pays for no lazy set-up; called once before serving. The server makes ``warm_up``
         as an image upload is made (:meth:`cloud_server.prepare.Preparer.warm_up_request`), so
-        that one request runs every stage a real one does."""
+        that one request runs the stages an upload runs, the vision tower included."""
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finished]:

@@ -29,7 +29,6 @@ class BuiltinEngine(GenerationEngine):
 
     def __init__(self, cloud: CloudHalf, max_batch_size: int = 32,
                  batch_window_s: float = 0.005, max_queued: int = 64):
-        self.cloud = cloud
         self.scheduler = Scheduler(cloud, max_batch_size, batch_window_s, max_queued)
 
     @classmethod
@@ -42,14 +41,14 @@ class BuiltinEngine(GenerationEngine):
         self.scheduler.start()
         # Admitted past the queue limit: a server started with --max-queued 0 (one that
         # refuses every answer) must still start.
-        async for _ in self._generate(warm_up, within_limits=False):
+        async for _ in self._generate(warm_up, enforce_queue_limit=False):
             pass
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[str | Finished]:
-        return self._generate(request, within_limits=True)
+        return self._generate(request, enforce_queue_limit=True)
 
     async def _generate(self, request: GenerationRequest,
-                        within_limits: bool) -> AsyncIterator[str | Finished]:
+                        enforce_queue_limit: bool) -> AsyncIterator[str | Finished]:
         loop = asyncio.get_running_loop()
         outbox: asyncio.Queue = asyncio.Queue()
 
@@ -60,7 +59,7 @@ class BuiltinEngine(GenerationEngine):
                 pass
 
         job = Job(request.prepare, request.question, request.max_new_tokens, post)
-        self.scheduler.submit(job, request.arrival, within_limits)  # Overloaded, ShuttingDown
+        self.scheduler.submit(job, request.arrival, enforce_queue_limit)  # Overloaded, ShuttingDown
         ended = False
         try:
             while not ended:

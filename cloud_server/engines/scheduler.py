@@ -99,16 +99,16 @@ class Scheduler:
         self.thread.start()
 
     def submit(self, job: Job, arrival: "Arrival | None" = None,
-               within_limits: bool = True) -> None:
+               enforce_queue_limit: bool = True) -> None:
         """Queues the job, or refuses it. ``arrival`` (from :meth:`on_the_way`) stops counting
         under the same lock, so the model thread sees the request on its way or queued, never
-        neither, and cannot start a batch in between without it. ``within_limits=False``
+        neither, and cannot start a batch in between without it. ``enforce_queue_limit=False``
         (the engine's own warm-up) skips the --max-queued check."""
         with self.wake:
             self._arrived(arrival)
             if self.stopping:
                 raise ShuttingDown("the server is shutting down; retry on another replica")
-            if within_limits and len(self.pending) >= self.max_queued:
+            if enforce_queue_limit and len(self.pending) >= self.max_queued:
                 raise Overloaded(f"{len(self.pending)} requests are already waiting (limit "
                                  f"{self.max_queued}, --max-queued); retry with backoff")
             self.pending.append(job)

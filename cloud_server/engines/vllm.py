@@ -12,9 +12,10 @@ does, so both engines decode the same sequence.
   (``RequestOutputKind.DELTA``).
 - Cancellation: closing the stream (client gone, deadline passed) closes vLLM's generator,
   which aborts the request in the engine core (``AsyncLLM.abort``), freeing its KV blocks.
-- Admission: vLLM runs up to ``--max-batch-size`` requests at once (``max_num_seqs``); beyond
-  that ``--max-queued`` may wait, and more are refused at once (``Overloaded``), as with the
-  builtin engine.
+- Admission: every admitted request (preparing, waiting or running in vLLM) counts against
+  ``--max-batch-size`` (vLLM's ``max_num_seqs``) + ``--max-queued``; beyond that requests are
+  refused at once (``Overloaded``). (The builtin engine counts only its waiting queue against
+  ``--max-queued``.)
 - Statistics: queue depth and batch size come from vLLM's own scheduler statistics (a stat
   logger registered with the engine), not from our guesses about vLLM's scheduler.
 """
@@ -178,11 +179,6 @@ class VllmEngine(GenerationEngine):
             await asyncio.to_thread(llm.shutdown)
 
     # -- requests ---------------------------------------------------------------------------
-    def prompt(self, question: str) -> str:
-        """The checkpoint's chat template with ONE ``<image>``: vLLM expands it to as many
-        positions as the embeddings have rows."""
-        return build_prompt(self.processor, question)
-
     def _admit(self) -> None:
         if self.draining:
             raise ShuttingDown("the server is shutting down; retry on another replica")
@@ -211,7 +207,9 @@ class VllmEngine(GenerationEngine):
             params = SamplingParams(temperature=0.0, max_tokens=request.max_new_tokens,
                                     output_kind=RequestOutputKind.DELTA,
                                     skip_special_tokens=True)
-            prompt = {"prompt": self.prompt(request.question),
+            # The chat template with ONE <image>: vLLM expands it to as many positions as the
+            # embeddings have rows.
+            prompt = {"prompt": build_prompt(self.processor, request.question),
                       "multi_modal_data": {"image": embeds.detach().cpu()[None]}}
             # vLLM needs ids unique among its live requests; a client may reuse its own.
             vllm_id = f"{request.request_id}-{next(self.ids)}"

@@ -43,8 +43,8 @@ class CodecConfig:
     bits: int                     # bits per index; the codebook has K = 2**bits entries
     stages: int                   # residual stages, one index per token each
     tokens: int                   # tokens per image at the cut
-    split_layer: int              # K in common/split.py
-    vision_fingerprint: str       # common.split.vision_fingerprint of the weights before the cut
+    split_layer: int              # K (common/split/point.py)
+    vision_fingerprint: str       # common.split.weights.vision_fingerprint of blocks [0, K)
     model_id: str = ""            # informational: the checkpoint's folder name
     alignment: str = "per-token standardisation + learned affine; stats predicted from codeword"
 

@@ -1,11 +1,11 @@
-"""The feature modes, owned here: their names, wire enum, how features at the cut are encoded
-into request messages and decoded back, and their payload size. Edge, cloud, eval and the
-benchmarks take the vocabulary from this module (the names themselves sit in the torch-free
-:mod:`common.wire.modes`).
+"""The feature encodings: how features at the cut become chunk payloads and back, their wire
+enum and their payload size, one class per feature mode (the mode names sit in the torch-free
+:mod:`common.wire.modes`, the messages around the chunks in :mod:`common.wire.messages`).
 
 Three encodings share one message layout (a ``CodesHeader`` then ``CodesChunk``\\ s):
 AlignedVQ indices, and the raw fp16 and per-token int8 baselines. The fourth way to ask,
-``image`` (:data:`IMAGE_MODE`), uploads the picture itself: the cloud-only baseline. Sizes of
+``image`` (``common.wire.modes.IMAGE_MODE``), uploads the picture itself: the cloud-only
+baseline. Sizes of
 requests are never computed from a formula: :func:`wire_bytes` serialises the messages and
 counts.
 """

@@ -1,1 +1,1 @@
-""""""
+"""The image policy both halves apply (torch-free)."""

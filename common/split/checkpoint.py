@@ -14,6 +14,7 @@ from common._runtime.torchvision_cpu import install_import_hook
 # importable. Installed here, where checkpoints are loaded, not on ``import common``.
 install_import_hook()
 
+
 class ModelNotFoundError(FileNotFoundError):
     pass
 
@@ -26,7 +27,8 @@ def default_device() -> str:
 # The image processor's Pillow backend, always: transformers 5 picks its torchvision backend
 # whenever torchvision imports (the vLLM install makes it importable), and that one resizes
 # differently (up to 0.015 after normalisation): an edge's features would depend on what else is
-# installed, and the ONNX edge (common/clip_preprocess.py) reproduces the Pillow one bit for bit.
+# installed, and the ONNX edge (edge_agent/clip_preprocess.py) reproduces the Pillow one bit for
+# bit.
 IMAGE_BACKEND = "pil"
 
 

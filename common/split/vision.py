@@ -17,8 +17,9 @@ class EdgeVision(nn.Module):
     """CLIP embeddings and blocks ``[0, K)``: pixels in, the hidden state at the cut out."""
 
     def __init__(self, vision_config, split: SplitPoint, fingerprint: str = "", config=None):
-        """``fingerprint`` identifies the weights loaded (see :func:`vision_fingerprint`);
-        ``config`` is the whole LLaVA config they came from (None for a bare tower)."""
+        """``fingerprint`` identifies the weights loaded (see
+        :func:`common.split.weights.vision_fingerprint`); ``config`` is the whole LLaVA config
+        they came from (None for a bare tower)."""
         super().__init__()
         from transformers.models.clip.modeling_clip import CLIPEncoderLayer, CLIPVisionEmbeddings
 

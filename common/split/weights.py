@@ -1,5 +1,5 @@
 """Reading a checkpoint's tensors by key (``safe_open``), never the whole model: the edge holds
-only the vision blocks before the cut, the vLLM cloud only the blocks after it and the projector.
+only the vision blocks before the cut, the cloud the blocks after it and the projector.
 The same reading gives the vision fingerprint, which ties a codec to the weights it was trained
 against."""
 
