@@ -57,8 +57,33 @@ def load_chat_processor(model_dir: str | Path):
     return processor
 
 
-def build_prompt(processor, question: str) -> str:
-    """The checkpoint's own chat template (llava-1.5: ``USER: <image>\\n{q} ASSISTANT:``)."""
-    conversation = [{"role": "user", "content": [{"type": "image"},
-                                                 {"type": "text", "text": question}]}]
+# Where a question's text marks the image (LLaVA's instruction data: "<image>\nWhat is ...").
+IMAGE_MARK = "<image>"
+
+
+def conversation_messages(turns) -> list[dict]:
+    """Chat-template messages for one image and ``turns``: (question, answer) pairs, the last
+    answer ``None`` when the model is to answer it. The image goes where the first question's
+    ``<image>`` mark is (before or after its text), or before the first question without one;
+    later marks are dropped (one image per conversation)."""
+    messages = []
+    for i, (question, answer) in enumerate(turns):
+        if i == 0:
+            before, mark, after = question.partition(IMAGE_MARK)
+            parts = [before.strip(), None, after.strip()] if mark else [None, question.strip()]
+        else:
+            parts = [question.replace(IMAGE_MARK, "").strip()]
+        content = [{"type": "image"} if part is None else {"type": "text", "text": part}
+                   for part in parts if part is None or part]
+        messages.append({"role": "user", "content": content})
+        if answer is not None:
+            messages.append({"role": "assistant",
+                             "content": [{"type": "text", "text": answer}]})
+    return messages
+
+
+def build_prompt(processor, question: str, history=()) -> str:
+    """The checkpoint's own chat template (llava-1.5: ``USER: <image>\n{q} ASSISTANT:``), after
+    the earlier ``history`` turns ((question, answer) pairs) when there are any."""
+    conversation = conversation_messages([*history, (question, None)])
     return processor.apply_chat_template(conversation, add_generation_prompt=True)
