@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from alignedvq.evaluation.evaluate import MODES, OLD_MODE_NAMES
+from alignedvq.training.train_codec_cli import add_parser as add_train_codec_parser
 from common._runtime.torchvision_cpu import install_import_hook
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_EDGE_DIR, DEFAULT_MODEL_DIR
 
@@ -38,22 +39,6 @@ def _train_model(args) -> int:
     last = log["history"][-1] if log["history"] else {}
     print(f"saved to {args.out} in {log['total_minutes']:.1f} min, held-out answer accuracy "
           f"{last.get('held_out_answer_accuracy', float('nan')):.3f}")
-    return 0
-
-
-def _train_codec(args) -> int:
-    import torch
-
-    from alignedvq.training.train_codec import train_codec
-
-    torch.set_num_threads(args.threads)
-    log = train_codec(Path(args.model), Path(args.dataset), Path(args.out), bits=args.bits,
-                      stages=args.stages, split_layer=args.split_layer, code_dim=args.code_dim,
-                      steps=args.steps, batch=args.batch, lr=args.lr,
-                      distill_weight=args.distill_weight, seed=args.seed,
-                      max_images=args.max_images)
-    print(f"saved codec to {args.out}: K={1 << args.bits} x {args.stages} stage(s), "
-          f"{log['codes_used']} codes in use, {log['minutes']} min")
     return 0
 
 
@@ -206,26 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(func=_train_model)
 
-    p = sub.add_parser("train-codec", help="train an AlignedVQ codec for a frozen model")
-    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
-                   help="local HF LLaVA checkpoint (default: the embedded model)")
-    p.add_argument("--dataset", required=True,
-                   help="JSON Lines file of images and questions (answers drive distillation)")
-    p.add_argument("--out", required=True, help="folder for codec.safetensors and codec.json")
-    p.add_argument("--bits", type=int, default=12, help="bits per index: K = 2**bits (1..16)")
-    p.add_argument("--stages", type=int, default=1, help="residual stages, one index each")
-    p.add_argument("--split-layer", type=int,
-                   help="vision block whose output crosses (default: the feature layer)")
-    p.add_argument("--code-dim", type=int, default=32, help="dimension the codebook lives in")
-    p.add_argument("--steps", type=int, default=1500, help="optimisation steps")
-    p.add_argument("--batch", type=int, default=32, help="images per step")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam peak learning rate")
-    p.add_argument("--distill-weight", type=float, default=1.0,
-                   help="weight of the answer-distribution distillation (0 disables it)")
-    p.add_argument("--max-images", type=int, help="use only the first N questions' images")
-    p.add_argument("--seed", type=int, default=0, help="fixes init, k-means and order")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.set_defaults(func=_train_codec)
+    add_train_codec_parser(sub)
 
     p = sub.add_parser("eval", help="accuracy on a JSON Lines VQA file")
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),

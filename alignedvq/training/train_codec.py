@@ -1,131 +1,364 @@
 """``alignedvq train-codec``: learn an AlignedVQ codec for a frozen LLaVA at one split point.
 
-1. Features at the cut are computed once for every image of the dataset (the model is frozen).
-2. Initialisation: the down-projection is the PCA of the aligned features, each stage's codebook
-   is k-means on what the previous stages leave (so no code starts dead).
-3. Training: feature reconstruction + VQ codebook/commitment losses + task-aware distillation:
-   the answer-token distribution of the quantized path (decoded features -> the frozen cloud
-   half) is pulled towards the original model's, gradients reaching the encoder through a
-   straight-through estimator. Codes unused for a while are re-seeded from live features.
+1. Initialisation, from a bounded streamed sample of tokens at the cut: the down-projection is
+   the PCA of the aligned features, each stage's codebook k-means on what the previous stages
+   leave (so no code starts dead).
+2. Training: feature reconstruction + VQ codebook/commitment losses + task-aware distillation:
+   at every assistant token of the conversation (every gpt turn of LLaVA's multi-turn data), the
+   distribution of the quantized path (decoded features -> the frozen cloud half) is pulled
+   towards the original model's, gradients reaching the encoder through a straight-through
+   estimator. Codes unused for a while are re-seeded from live features.
+
+Features at the cut are computed per batch on the training device from images streamed by
+DataLoader workers (codec_data.py), so host memory does not grow with the dataset. Under
+``torchrun`` every process trains a DDP replica on its slice of each global batch
+(distributed.py). A checkpoint (codec, optimiser, schedule, step, RNG) is written every
+``save_every`` steps and ``resume`` continues from it exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from alignedvq.data.datasets import read_questions
-from cloud_server.cloud_half import CloudHalf, merge_image_tokens
+from alignedvq.data.datasets import DatasetError, read_dataset
+from alignedvq.training import codec_data, resume
+from alignedvq.training.conversation_tokens import ConversationTokenizer
+from alignedvq.training.distributed import World, join
 from common.codec.aligned_vq import AlignedVQ, CodecConfig
-from common.imaging.policy import open_image
 from common.split.checkpoint import load_image_processor
-from common.split.vision import EdgeVision, features_at_cut
+from common.split.vision import EdgeVision
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+LOG_FILE = "training_log.jsonl"
 
 
-def answer_batch_ids(cloud: CloudHalf, questions: list[str], answers: list[str]):
-    """Right-padded prompt+answer ids, and the positions whose logits predict answer tokens."""
-    tok = cloud.processor.tokenizer
-    seqs, targets = [], []
-    for q, a in zip(questions, answers):
-        p_ids = tok(cloud.prompt(q)).input_ids
-        a_ids = tok(" " + a, add_special_tokens=False).input_ids + [tok.eos_token_id]
-        seqs.append(p_ids + a_ids)
-        targets.append(list(range(len(p_ids) - 1, len(p_ids) + len(a_ids) - 1)))
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), tok.pad_token_id)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
-    rows = torch.tensor([i for i, t in enumerate(targets) for _ in t])
-    cols = torch.tensor([c for t in targets for c in t])
-    return ids, mask, rows, cols
+@dataclass
+class CodecTraining:
+    """Every setting of a run (the CLI's flags; docs/cli.md says what each one does)."""
+    model_dir: Path
+    dataset: Path
+    out: Path
+    bits: int = 12
+    stages: int = 1
+    split_layer: int | None = None
+    code_dim: int = 32
+    steps: int = 1500
+    batch: int = 32                 # images per step, over all processes
+    lr: float = 1e-3
+    distill_weight: float = 1.0
+    seed: int = 0
+    max_images: int | None = None
+    image_folder: Path | None = None
+    device: str = "cpu"
+    dtype: str = "float32"          # of the frozen model; the codec's weights stay float32
+    workers: int = 2
+    init_images: int = 2048         # images the initialisation samples tokens from
+    init_tokens: int = 200_000      # tokens k-means and the PCA see (bounds its memory)
+    held_out: int = 64              # samples kept out of training for the periodic evaluation
+    eval_every: int = 250
+    save_every: int = 250
+    log_every: int = 50
+    resume: bool = False
+    stop_at: int | None = None      # end this process after that step, with a checkpoint
+    gradient_checkpointing: bool = False
+    progress: bool = True
+
+    def checkpoint_dir(self) -> Path:
+        return Path(self.out) / "checkpoint"
 
 
-def answer_logits(cloud: CloudHalf, feats, ids, mask, rows, cols):
-    image_features = cloud.vision(feats)  # with gradients (image_embeddings has none)
-    embeds = merge_image_tokens(cloud.model, ids, image_features)
-    logits = cloud.model(inputs_embeds=embeds, attention_mask=mask).logits
-    return logits[rows, cols].float()
+class FrozenHalves:
+    """The frozen model around the codec: the edge's blocks before the cut, and (when
+    distilling) the cloud half with its language model, both in the run's dtype."""
+
+    def __init__(self, run: CodecTraining, world: World):
+        self.device, self.dtype = world.device, DTYPES[run.dtype]
+        self.edge = EdgeVision.from_pretrained(run.model_dir, run.split_layer, self.device,
+                                               self.dtype)
+        for p in self.edge.parameters():
+            p.requires_grad_(False)
+        self.image_processor = load_image_processor(run.model_dir)
+        self.cloud = None
+        if run.distill_weight:
+            from cloud_server.cloud_half import CloudHalf
+
+            self.cloud = CloudHalf(run.model_dir, split_layer=run.split_layer,
+                                   device=str(self.device), dtype=self.dtype,
+                                   vision_fingerprint=self.edge.fingerprint)
+            # Only the codec learns; the cloud's vision blocks and projector sit outside
+            # cloud.model.
+            for p in [*self.cloud.model.parameters(), *self.cloud.vision.parameters()]:
+                p.requires_grad_(False)
+            if run.gradient_checkpointing:
+                # transformers checkpoints only in training mode; the frozen LM has no dropout
+                # that training mode would switch on (llava-1.5's attention_dropout is 0).
+                self.cloud.model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False})
+                self.cloud.model.train()
+
+    def autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @torch.no_grad()
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            feats = self.edge(pixels.to(self.device, self.dtype))
+        # The edge runs in inference mode; autograd may not save its tensors, so the codec's
+        # losses get a normal copy.
+        return feats.float().clone()
+
+    def answer_logits(self, feats: torch.Tensor, batch: codec_data.Batch) -> torch.Tensor:
+        """Logits (N, vocab) at the batch's target positions, from features at the cut."""
+        from cloud_server.cloud_half import merge_image_tokens
+
+        model = self.cloud.model
+        with self.autocast():
+            image_features = self.cloud.vision(feats.to(self.dtype))
+            embeds = merge_image_tokens(model, batch.ids, image_features)
+            logits = model(inputs_embeds=embeds, attention_mask=batch.mask).logits
+        return logits[batch.rows, batch.cols].float()
 
 
-def train_codec(model_dir: Path, dataset: Path, out: Path, bits: int = 12, stages: int = 1,
-                split_layer: int | None = None, code_dim: int = 32, steps: int = 1500,
-                batch: int = 32, lr: float = 1e-3, distill_weight: float = 1.0,
-                seed: int = 0, max_images: int | None = None) -> dict:
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
+def codec_losses(codec, halves: FrozenHalves, x: torch.Tensor, batch: codec_data.Batch,
+                 variance: float, distill_weight: float,
+                 world: World | None = None) -> tuple[torch.Tensor, dict]:
+    """The training loss and its parts. Under DDP the distillation is divided by the mean
+    number of answer tokens per process, not this process's own, so the averaged gradient is
+    exactly that of one process holding the whole global batch."""
+    x_hat, codebook_loss, commit_loss = codec(x)
+    recon = F.mse_loss(x_hat, x) / variance
+    loss = recon + codebook_loss + 0.25 * commit_loss
+    parts = {"recon": recon.item()}
+    if distill_weight:
+        with torch.no_grad():
+            teacher = halves.answer_logits(x, batch).log_softmax(-1)
+        student = halves.answer_logits(x_hat, batch).log_softmax(-1)
+        tokens = world.mean(float(len(student))) if world else len(student)
+        distill = F.kl_div(student, teacher, log_target=True, reduction="sum") / tokens
+        loss = loss + distill_weight * distill
+        parts["distill"] = distill.item()
+        parts["agreement"] = (student.argmax(-1) == teacher.argmax(-1)).float().mean().item()
+    return loss, parts
+
+
+@torch.no_grad()
+def initialise(codec: AlignedVQ, halves: FrozenHalves, data, images: int,
+               run: CodecTraining) -> float:
+    """k-means and PCA on at most ``init_tokens`` tokens drawn evenly from ``init_images``
+    images; returns the features' variance (the reconstruction loss's scale)."""
+    g = torch.Generator().manual_seed(run.seed)
+    per_image = None
+    picked = []
+    for batch in tqdm(data, desc="codec initialisation", unit="batch",
+                      disable=not run.progress):
+        feats = halves.features(batch.pixels).cpu()
+        if per_image is None:
+            per_image = max(1, min(feats.shape[1], math.ceil(run.init_tokens / images)))
+        for image in feats:
+            picked.append(image[torch.randperm(len(image), generator=g)[:per_image]])
+    sample = torch.cat(picked)[:run.init_tokens]
+    codec.initialise(sample.to(halves.device), run.seed)
+    return sample.var().item()
+
+
+@torch.no_grad()
+def evaluate_held_out(codec: AlignedVQ, halves: FrozenHalves, data, variance: float,
+                      distill_weight: float) -> dict:
+    """The losses over the held-out samples: reconstruction per image, distillation and
+    answer-token agreement per answer token."""
+    totals, weights = {}, {}
+    for batch in data:
+        batch = batch.to(halves.device)
+        x = halves.features(batch.pixels)
+        _, parts = codec_losses(codec, halves, x, batch, variance, distill_weight)
+        for k, v in parts.items():
+            weight = len(x) if k == "recon" else len(batch.rows)
+            totals[k] = totals.get(k, 0.0) + v * weight
+            weights[k] = weights.get(k, 0) + weight
+    return {k: round(v / weights[k], 5) for k, v in totals.items()}
+
+
+class JsonLog:
+    """One JSON object a line (``OUT/training_log.jsonl``), appended to across resumes."""
+
+    def __init__(self, path: Path, enabled: bool, fresh: bool):
+        self.path, self.enabled = path, enabled
+        if enabled and fresh:
+            path.unlink(missing_ok=True)
+
+    def write(self, **event) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(event) + "\n")
+
+
+def split_held_out(samples: list, held_out: int, seed: int) -> tuple[list, list]:
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    held = sorted(order[:held_out])
+    keep = sorted(order[held_out:])
+    return [samples[i] for i in keep], [samples[i] for i in held]
+
+
+def train_codec(run: CodecTraining) -> dict:
+    world = join(run.device)
+    try:
+        return _train(run, world)
+    finally:
+        world.close()
+
+
+def _train(run: CodecTraining, world: World) -> dict:
+    torch.manual_seed(run.seed)
+    rng = random.Random(run.seed)
     started = time.monotonic()
-    rows = read_questions(dataset, max_images)
-    root = Path(dataset).resolve().parent
-    edge = EdgeVision.from_pretrained(model_dir, split_layer)
-    cloud = CloudHalf(model_dir, split_layer=split_layer, vision_fingerprint=edge.fingerprint)
-    # Only the codec learns; the cloud's vision blocks and projector sit outside cloud.model.
-    for p in [*cloud.model.parameters(), *cloud.vision.parameters()]:
-        p.requires_grad_(False)
-    image_processor = load_image_processor(model_dir)
-    feats = []
-    for i in tqdm(range(0, len(rows), 64), desc="features at the cut", unit="batch"):
-        images = [open_image(root / r["image"]) for r in rows[i:i + 64]]
-        feats.append(features_at_cut(edge, image_processor, images))
-    feats = torch.cat(feats).float()
-    questions = [r["question"] for r in rows]
-    answers = [r["answer"] if isinstance(r["answer"], str) else r["answer"][0] for r in rows]
+    if run.batch % world.size:
+        raise ValueError(f"--batch {run.batch} does not divide among {world.size} processes")
+    per_process = run.batch // world.size
+    dataset = read_dataset(run.dataset, run.image_folder, run.max_images)
+    train_samples, held_samples = split_held_out(list(dataset), run.held_out, run.seed)
+    if not train_samples:
+        raise DatasetError(f"{run.dataset}: no samples left for training after --held-out "
+                           f"{run.held_out}")
+    out = Path(run.out)
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    halves = FrozenHalves(run, world)
+    tokenizer = None
+    pad_id = 0
+    if halves.cloud is not None:
+        tokenizer = ConversationTokenizer(halves.cloud.processor, halves.cloud.image_tokens)
+        pad_id = halves.cloud.processor.tokenizer.pad_token_id
+    samples = codec_data.CodecSamples(train_samples, halves.image_processor, tokenizer)
 
-    config = CodecConfig(feature_dim=feats.shape[-1], code_dim=code_dim, bits=bits,
-                         stages=stages, tokens=feats.shape[1], split_layer=edge.split.split_layer,
-                         vision_fingerprint=edge.fingerprint, model_id=Path(model_dir).name)
-    codec = AlignedVQ(config)
-    codec.initialise(feats, seed)
-    opt = torch.optim.Adam(codec.parameters(), lr=lr)
+    edge = halves.edge
+    config = CodecConfig(feature_dim=edge.config.vision_config.hidden_size, code_dim=run.code_dim,
+                         bits=run.bits, stages=run.stages,
+                         tokens=edge.split.tokens(edge.config.vision_config),
+                         split_layer=edge.split.split_layer, vision_fingerprint=edge.fingerprint,
+                         model_id=Path(run.model_dir).name)
+    codec = AlignedVQ(config).to(world.device)
+    opt = torch.optim.Adam(codec.parameters(), lr=run.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    variance = feats.var()
-    usage = torch.zeros(stages, config.codebook_size)
-    history = []
-    bar = tqdm(range(1, steps + 1), desc="codec training", unit="step")
+        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / run.steps)))
+    usage = torch.zeros(run.stages, config.codebook_size, device=world.device)
+    state = resume.load(run.checkpoint_dir(), world.rank) if run.resume else None
+    log = JsonLog(out / LOG_FILE, world.is_main, fresh=state is None)
+    if state is not None:
+        resume.check_settings(state, asdict(run))
+        resume.restore(state, codec, opt, sched, usage, rng)
+        start, variance, history = state["step"], state["variance"], state["history"]
+        log.write(event="resumed", step=start)
+    else:
+        start, history = 0, []
+        # Rank 0 initialises; DDP's constructor then broadcasts its weights to the others.
+        variance = torch.zeros(1, dtype=torch.float64)
+        if world.is_main:
+            init_order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(
+                run.seed))[:run.init_images].tolist()
+            init_set = torch.utils.data.Subset(samples, init_order)
+            init_data = codec_data.loader(init_set, _chunks(len(init_set), per_process),
+                                          run.workers, pad_id)
+            variance[0] = initialise(codec, halves, codec_data.batches(init_data),
+                                     len(init_set), run)
+        world.broadcast_from_main(variance)
+        variance = variance.item()
+    model = codec
+    if world.parallel:
+        model = torch.nn.parallel.DistributedDataParallel(
+            codec, device_ids=[world.device.index] if world.device.type == "cuda" else None)
+    held_data = None
+    if held_samples and world.is_main:
+        held_set = codec_data.CodecSamples(held_samples, halves.image_processor, tokenizer)
+        # Batches of the global size, so the figures do not depend on the number of processes.
+        held_data = codec_data.loader(held_set, _chunks(len(held_set), run.batch), 0, pad_id)
+    order = codec_data.StepOrder(len(samples), per_process, world.size, world.rank, run.seed,
+                                 start)
+    data = codec_data.batches(codec_data.loader(samples, order, run.workers, pad_id))
+    bar = tqdm(range(start + 1, run.steps + 1), desc="codec training", unit="step",
+               initial=start, total=run.steps, disable=not (run.progress and world.is_main))
+    window_started, window_images, window = time.monotonic(), 0, {}
     for step in bar:
-        idx = [rng.randrange(len(rows)) for _ in range(batch)]
-        x = feats[idx]
-        x_hat, codebook_loss, commit_loss = codec(x)
-        recon = F.mse_loss(x_hat, x) / variance
-        loss = recon + codebook_loss + 0.25 * commit_loss
-        if distill_weight:
-            ids, mask, r, c = answer_batch_ids(cloud, [questions[i] for i in idx],
-                                               [answers[i] for i in idx])
-            with torch.no_grad():
-                teacher = answer_logits(cloud, x, ids, mask, r, c).log_softmax(-1)
-            student = answer_logits(cloud, x_hat, ids, mask, r, c).log_softmax(-1)
-            distill = F.kl_div(student, teacher, log_target=True, reduction="batchmean")
-            loss = loss + distill_weight * distill
+        batch = next(data).to(world.device)
+        x = halves.features(batch.pixels)
+        loss, parts = codec_losses(model, halves, x, batch, variance, run.distill_weight, world)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
+        window_images += len(x) * world.size
         with torch.no_grad():
-            used = codec.encode(x).reshape(-1, stages)
-            for s in range(stages):
-                usage[s] *= 0.99
-                usage[s].index_add_(0, used[:, s], torch.ones(len(used)))
-            if step % 100 == 0 and step < steps * 0.8:
-                codec.expire_dead_codes(x, usage, rng)
-        bar.set_postfix(recon=f"{recon.item():.3f}",
-                        distill=f"{distill.item():.4f}" if distill_weight else "-")
-        if step % 100 == 0 or step == steps:
-            history.append({"step": step, "recon": round(recon.item(), 4),
-                            "distill": round(distill.item(), 5) if distill_weight else None})
+            used = codec.encode(x).reshape(-1, run.stages)
+            usage *= 0.99
+            for s in range(run.stages):
+                usage[s].index_add_(0, used[:, s], torch.ones(len(used), device=usage.device))
+            if step % 100 == 0 and step < run.steps * 0.8:
+                _expire_dead_codes(codec, x, usage, rng, world)
+        parts = {k: world.mean(v) for k, v in parts.items()}
+        bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()})
+        for k, v in parts.items():
+            window.setdefault(k, []).append(v)
+        if step % run.log_every == 0 or step == run.steps:
+            # The window's mean: one step's distillation loss swings by two orders of magnitude.
+            means = {k: round(sum(v) / len(v), 5) for k, v in window.items()}
+            elapsed = time.monotonic() - window_started
+            log.write(event="train", step=step, lr=sched.get_last_lr()[0],
+                      images_per_s=round(window_images / elapsed, 2), **means)
+            history.append({"step": step, **means})
+            window_started, window_images, window = time.monotonic(), 0, {}
+        if held_data is not None and (step % run.eval_every == 0 or step == run.steps):
+            codec.eval()
+            log.write(event="held_out", step=step,
+                      **evaluate_held_out(codec, halves, held_data, variance,
+                                          run.distill_weight))
+            codec.train()
+        stopping = step == run.stop_at and step < run.steps
+        if (step % run.save_every == 0 and step < run.steps) or stopping:
+            resume.save(run.checkpoint_dir(), world, step=step, codec=codec, opt=opt,
+                        sched=sched, usage=usage, rng=rng, variance=variance, history=history,
+                        settings=asdict(run))
+            log.write(event="checkpoint", step=step)
+        if step % run.eval_every == 0 or step % run.save_every == 0:
+            world.barrier()  # the held-out evaluation and the checkpoint run on rank 0 only
+        if stopping:
+            log.write(event="stopped", step=step)
+            return {"stopped_at": step, "processes": world.size, "history": history}
     codec.eval()
-    codec.save(out)
-    log = {"config": config.__dict__, "images": len(rows), "steps": steps, "batch": batch,
-           "lr": lr, "distill_weight": distill_weight, "seed": seed, "history": history,
-           "minutes": round((time.monotonic() - started) / 60, 1),
-           "codes_used": [int((u > 0.01).sum()) for u in usage]}
-    (Path(out) / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
-    return log
+    summary = {"config": config.__dict__, "images": len(dataset), "held_out": len(held_samples),
+               "format": dataset.format, "steps": run.steps, "batch": run.batch,
+               "processes": world.size, "device": str(world.device), "dtype": run.dtype,
+               "lr": run.lr, "distill_weight": run.distill_weight, "seed": run.seed,
+               "history": history, "minutes": round((time.monotonic() - started) / 60, 1),
+               "codes_used": [int((u > 0.01).sum()) for u in world.sum(usage.clone())]}
+    if world.is_main:
+        codec.cpu().save(out)
+        (out / "training_log.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+        resume.remove(run.checkpoint_dir())
+    return summary
+
+
+def _chunks(n: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+def _expire_dead_codes(codec: AlignedVQ, x, usage, rng, world: World) -> None:
+    """Rank 0 re-seeds the codes no process used, from its own batch, and sends the codebooks
+    and usage to the others, so the replicas stay identical."""
+    total = world.sum(usage.clone())
+    if world.is_main:
+        codec.expire_dead_codes(x, total, rng)
+    world.broadcast_from_main(codec.codebooks.data)
+    world.broadcast_from_main(total)
+    usage.copy_(total / world.size)

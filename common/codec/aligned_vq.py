@@ -148,7 +148,8 @@ class AlignedVQ(nn.Module):
             dead = (usage[s] < 0.01).nonzero().flatten()
             if len(dead):
                 picks = torch.tensor([rng.randrange(len(residual)) for _ in range(len(dead))])
-                book.data[dead] = residual[picks] + 1e-3 * torch.randn(len(dead), book.shape[1])
+                book.data[dead] = residual[picks] + 1e-3 * torch.randn(len(dead), book.shape[1],
+                                                                         device=book.device)
                 usage[s, dead] = 1.0
             idx = nearest_codeword(residual, book)
             residual = residual - book[idx]

@@ -1,0 +1,105 @@
+"""``alignedvq train-codec``'s flags and what the command prints. One process trains on one
+device; ``torchrun --nproc-per-node N -m alignedvq.cli train-codec ...`` trains on N (see
+docs/model_and_codec.md, "Training a codec for your checkpoint")."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from common.paths import DEFAULT_MODEL_DIR
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train-codec", help="train an AlignedVQ codec for a frozen model")
+    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
+                   help="local HF LLaVA checkpoint (default: the embedded model)")
+    p.add_argument("--dataset", required=True,
+                   help="ShapesVQA or VQA JSON Lines, or LLaVA's instruction JSON (every gpt "
+                        "turn is distilled); the format is detected from the file")
+    p.add_argument("--image-folder", help="where the dataset's image paths start (default: the "
+                                          "dataset file's folder)")
+    p.add_argument("--out", required=True, help="folder for codec.safetensors, codec.json, "
+                                                "the logs and (while training) checkpoint/")
+    p.add_argument("--bits", type=int, default=12, help="bits per index: K = 2**bits (1..16)")
+    p.add_argument("--stages", type=int, default=1, help="residual stages, one index each")
+    p.add_argument("--split-layer", type=int,
+                   help="vision block whose output crosses (default: the feature layer)")
+    p.add_argument("--code-dim", type=int, default=32, help="dimension the codebook lives in")
+    p.add_argument("--steps", type=int, default=1500, help="optimisation steps")
+    p.add_argument("--batch", type=int, default=32,
+                   help="images per step, over all processes (each takes batch / processes)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam peak learning rate")
+    p.add_argument("--distill-weight", type=float, default=1.0,
+                   help="weight of the answer-distribution distillation (0 disables it and "
+                        "the language model is not loaded)")
+    p.add_argument("--max-images", type=int, help="use only the first N samples")
+    p.add_argument("--seed", type=int, default=0, help="fixes init, k-means and order")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N (under torchrun, cuda is each process's own GPU)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="the frozen model's dtype (autocast); the codec trains in float32")
+    p.add_argument("--workers", type=int, default=2,
+                   help="DataLoader processes decoding and preprocessing images (0: inline)")
+    p.add_argument("--init-images", type=int, default=2048,
+                   help="images the k-means initialisation samples tokens from")
+    p.add_argument("--init-tokens", type=int, default=200_000,
+                   help="tokens the initialisation holds (its memory: tokens x hidden x 4 B)")
+    p.add_argument("--held-out", type=int, default=64,
+                   help="samples kept out of training for the periodic evaluation (0: none)")
+    p.add_argument("--eval-every", type=int, default=250, help="held-out evaluation period")
+    p.add_argument("--save-every", type=int, default=250,
+                   help="checkpoint period in steps (OUT/checkpoint; removed when done)")
+    p.add_argument("--log-every", type=int, default=50,
+                   help="steps between lines of OUT/training_log.jsonl")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint when there is one (else start)")
+    p.add_argument("--stop-at", type=int, metavar="STEP",
+                   help="end after STEP with a checkpoint, for time-sliced jobs; run again "
+                        "with --resume to continue")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute the frozen language model's activations in the backward "
+                        "pass: less GPU memory for the distillation, ~30%% more compute")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from alignedvq.data.datasets import DatasetError
+    from alignedvq.training.conversation_tokens import TemplateError
+    from alignedvq.training.train_codec import CodecTraining, train_codec
+
+    torch.set_num_threads(args.threads)
+    settings = CodecTraining(
+        model_dir=Path(args.model), dataset=Path(args.dataset), out=Path(args.out),
+        bits=args.bits, stages=args.stages, split_layer=args.split_layer,
+        code_dim=args.code_dim, steps=args.steps, batch=args.batch, lr=args.lr,
+        distill_weight=args.distill_weight, seed=args.seed, max_images=args.max_images,
+        image_folder=Path(args.image_folder) if args.image_folder else None,
+        device=args.device, dtype=args.dtype, workers=args.workers,
+        init_images=args.init_images, init_tokens=args.init_tokens, held_out=args.held_out,
+        eval_every=args.eval_every, save_every=args.save_every, log_every=args.log_every,
+        resume=args.resume, stop_at=args.stop_at, gradient_checkpointing=args.gradient_checkpointing,
+        progress=not args.quiet)
+    try:
+        log = train_codec(settings)
+    except (DatasetError, TemplateError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not (log["processes"] == 1 or _is_main()):
+        return 0
+    if "stopped_at" in log:
+        print(f"stopped at step {log['stopped_at']}; continue with the same flags and --resume")
+    else:
+        print(f"saved codec to {args.out}: K={1 << args.bits} x {args.stages} stage(s), "
+              f"{log['codes_used']} codes in use, {log['minutes']} min")
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
