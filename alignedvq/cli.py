@@ -14,10 +14,15 @@ from common.paths import DEFAULT_CODEC_DIR, DEFAULT_EDGE_DIR, DEFAULT_MODEL_DIR
 
 
 def _dataset(args) -> int:
-    from alignedvq.data.shapes_vqa import write_dataset
+    from alignedvq.data.shapes_vqa import write_conversations, write_dataset
 
-    path = write_dataset(Path(args.out), args.n, args.seed, progress=not args.quiet)
-    print(f"wrote {args.n} questions to {path}")
+    if args.turns == 1:
+        path = write_dataset(Path(args.out), args.n, args.seed, progress=not args.quiet)
+        print(f"wrote {args.n} questions to {path}")
+    else:
+        path = write_conversations(Path(args.out), args.n, args.turns, args.seed,
+                                   progress=not args.quiet)
+        print(f"wrote {args.n} conversations of {args.turns} questions to {path}")
     return 0
 
 
@@ -165,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dataset", help="generate a ShapesVQA split (docs/shapes_vqa.md)")
     p.add_argument("--out", required=True, help="folder for images/ and questions.jsonl")
-    p.add_argument("--n", type=int, required=True, help="number of questions (one image each)")
+    p.add_argument("--n", type=int, required=True,
+                   help="number of images (each with one question, or --turns)")
+    p.add_argument("--turns", type=int, default=1,
+                   help="questions per image; above 1, LLaVA's multi-turn instruction format "
+                        "(conversations.json) instead of questions.jsonl")
     p.add_argument("--seed", type=int, required=True,
                    help="RNG seed; splits use disjoint seeds (the model trains on seed 0, "
                         "use e.g. 1 for validation and 2 for test)")

@@ -12,7 +12,6 @@ from alignedvq.training.train_model import (
     SequenceBuilder,
     build_pool,
     normalize,
-    sample_questions,
     train,
 )
 from cloud_server.language_model import build_prompt
@@ -32,7 +31,7 @@ def test_first_turn_equals_the_processors_prompt():
     processor = tiny_llava.build_processor(tiny_llava.build_tokenizer())
     builder = SequenceBuilder(processor, num_image_tokens=64)
     scene = spec.sample_scene(random.Random(0))
-    questions = sample_questions(scene, 3, random.Random(1))
+    questions = spec.sample_questions(scene, 3, random.Random(1))
     ids, labels = builder.conversation(questions)
     prompt = build_prompt(processor, questions[0].question)
     expected = processor(images=[spec.render(scene)], text=[prompt]).input_ids[0]

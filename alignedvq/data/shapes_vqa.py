@@ -160,6 +160,42 @@ def sample_example(rng: random.Random) -> tuple[Scene, Question]:
             return scene, question
 
 
+def sample_questions(scene: Scene, k: int, rng: random.Random) -> list[Question]:
+    """``k`` questions about one scene, each family drawn uniformly (repeats allowed)."""
+    out = []
+    while len(out) < k:
+        q = ask(scene, rng.choice(FAMILIES), rng)
+        if q is not None:
+            out.append(q)
+    return out
+
+
+def write_conversations(out: Path, images: int, turns: int, seed: int,
+                        progress: bool = True) -> Path:
+    """``images`` scenes with ``turns`` questions each, in LLaVA's instruction format (one
+    conversation per image, ``<image>`` in its first human turn); returns the JSON path. The
+    codec trainer distils every gpt turn, so one image teaches ``turns`` answers."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    entries = []
+    for i in tqdm(range(images), desc="ShapesVQA", unit="image", disable=not progress):
+        scene = sample_scene(rng)
+        name = f"images/{i:06d}.png"
+        render(scene).save(out / name)
+        conversation = []
+        for k, q in enumerate(sample_questions(scene, turns, rng)):
+            conversation += [{"from": "human", "value": ("<image>\n" if k == 0 else "")
+                              + q.question},
+                             {"from": "gpt", "value": q.answer}]
+        entries.append({"id": f"{i:06d}", "image": name, "conversations": conversation})
+    path = out / "conversations.json"
+    path.write_text(json.dumps(entries, indent=1) + "\n")
+    return path
+
+
 def write_dataset(out: Path, n: int, seed: int, progress: bool = True) -> Path:
     """Write ``n`` questions (one image each) under ``out``; returns the JSON Lines path."""
     from tqdm import tqdm

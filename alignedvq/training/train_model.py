@@ -160,15 +160,6 @@ class SequenceBuilder:
         return ids, labels
 
 
-def sample_questions(scene: spec.Scene, k: int, rng: random.Random) -> list[spec.Question]:
-    out = []
-    while len(out) < k:
-        q = spec.ask(scene, rng.choice(spec.FAMILIES), rng)
-        if q is not None:
-            out.append(q)
-    return out
-
-
 def collate(batch: list[tuple[list[int], list[int]]], pad_id: int):
     width = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), width), pad_id)
@@ -267,7 +258,7 @@ def _instruction_tune(model, processor, builder, pool, phase: Phase, seed, batch
         p.requires_grad_(phase.train_vision)
     rng = random.Random(seed + phase.pool_offset + 1)
     held_out = list(range(len(pool.scenes) - held_out_n, len(pool.scenes)))
-    held_q = [sample_questions(pool.scenes[i], 1, rng)[0] for i in held_out]
+    held_q = [spec.sample_questions(pool.scenes[i], 1, rng)[0] for i in held_out]
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=phase.lr, weight_decay=0.01)
     warmup = 200
@@ -278,7 +269,8 @@ def _instruction_tune(model, processor, builder, pool, phase: Phase, seed, batch
     bar = tqdm(total=phase.stop_step, desc=f"stage 2 ({phase.name})", unit="step")
     for step in range(1, phase.stop_step + 1):
         idx = [rng.randrange(len(pool.scenes) - held_out_n) for _ in range(batch)]
-        convs = [builder.conversation(sample_questions(pool.scenes[i], questions_per_image, rng))
+        convs = [builder.conversation(spec.sample_questions(pool.scenes[i],
+                                                            questions_per_image, rng))
                  for i in idx]
         input_ids, labels, mask = collate(convs, processor.tokenizer.pad_token_id)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels,
