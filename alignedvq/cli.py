@@ -114,7 +114,7 @@ def _eval(args) -> int:
                           codec_dir=Path(args.codec) if args.codec else None,
                           split_layer=args.split_layer, scorer=args.scorer,
                           # A shell's "\n" is two characters; the suffix means a new line.
-                          prompt_suffix=args.prompt_suffix.replace("\\n", "\n"),
+                          prompt_suffix=(args.prompt_suffix or "").replace("\\n", "\n"),
                           image_folder=Path(args.image_folder) if args.image_folder else None,
                           max_new_tokens=args.max_new_tokens,
                           predictions_path=Path(args.predictions) if args.predictions else None)
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exact: lower-cased match with any accepted answer; vqav2: the official "
                         "VQAv2 accuracy over the human answers; vqav2-lmms: lmms-eval's variant "
                         "of it")
-    p.add_argument("--prompt-suffix", default="",
+    p.add_argument("--prompt-suffix",
                    help="appended to every question, e.g. LLaVA-1.5's \"\\nAnswer the question "
                         "using a single word or phrase.\" (a literal \\n is a new line)")
     p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
