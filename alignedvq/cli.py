@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from alignedvq.evaluation.evaluate import MODES, OLD_MODE_NAMES
+from alignedvq.evaluation.evaluate import MAX_NEW_TOKENS, MODES, OLD_MODE_NAMES
+from alignedvq.evaluation.scoring import SCORERS
 from alignedvq.training.train_codec_cli import add_parser as add_train_codec_parser
 from common._runtime.torchvision_cpu import install_import_hook
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_EDGE_DIR, DEFAULT_MODEL_DIR
@@ -101,16 +102,26 @@ def _eval(args) -> int:
                           batch_size=args.batch_size, device=args.device,
                           progress=not args.json, mode=args.mode,
                           codec_dir=Path(args.codec) if args.codec else None,
-                          split_layer=args.split_layer)
+                          split_layer=args.split_layer, scorer=args.scorer,
+                          # A shell's "\n" is two characters; the suffix means a new line.
+                          prompt_suffix=(args.prompt_suffix or "").replace("\\n", "\n"),
+                          image_folder=Path(args.image_folder) if args.image_folder else None,
+                          max_new_tokens=args.max_new_tokens,
+                          predictions_path=Path(args.predictions) if args.predictions else None)
     except (DatasetError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result["skipped_text_only"]:
+        print(f"note: {result['skipped_text_only']} text-only entries (no image) skipped",
+              file=sys.stderr)
     if args.json:
         result.pop("predictions")
         print(json.dumps(result))
     else:
         print(f"{result['mode']}: accuracy {result['accuracy']:.4f} on {result['n']} questions "
-              f"({result['seconds']} s)")
+              f"({result['format']} file, {result['scorer']} scorer, {result['seconds']} s)")
         if "payload_bytes_mean" in result and "compression_ratio_vs_fp16" not in result:
             print(f"  payload {result['payload_bytes_mean']:.1f} B per image")
         elif "payload_bytes_mean" in result:
@@ -202,11 +213,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_codec_parser(sub)
 
-    p = sub.add_parser("eval", help="accuracy on a JSON Lines VQA file")
+    p = sub.add_parser("eval", help="accuracy on a VQA dataset (docs/evaluation.md)")
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
                    help="local HF LLaVA checkpoint (default: the embedded model)")
-    p.add_argument("--dataset", required=True, help="JSON Lines file (docs/shapes_vqa.md format)")
+    p.add_argument("--dataset", required=True,
+                   help="ShapesVQA or VQA-style JSON Lines, or LLaVA instruction JSON (the "
+                        "format is detected; docs/evaluation.md)")
+    p.add_argument("--image-folder",
+                   help="where the dataset's image paths start (default: the file's folder)")
     p.add_argument("--limit", type=int, help="only the first N questions")
+    p.add_argument("--scorer", choices=list(SCORERS), default="exact",
+                   help="exact: lower-cased match with any accepted answer; vqav2: the official "
+                        "VQAv2 accuracy over the human answers; vqav2-lmms: lmms-eval's variant "
+                        "of it")
+    p.add_argument("--prompt-suffix",
+                   help="appended to every question, e.g. LLaVA-1.5's \"\\nAnswer the question "
+                        "using a single word or phrase.\" (a literal \\n is a new line)")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
+                   help="longest answer generated, in tokens")
+    p.add_argument("--predictions",
+                   help="write one JSON line per question (question, prediction, expected, "
+                        "accepted, score), in dataset order")
     p.add_argument("--batch-size", type=int, default=64, help="questions per generate() call")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--mode", choices=[*MODES, *OLD_MODE_NAMES], default="original",

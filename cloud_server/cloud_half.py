@@ -24,20 +24,24 @@ class CloudHalf(ProjectorHalf):
         super().__init__(model_dir, codec_dir, split_layer, device, dtype, vision_fingerprint)
         self.model = load_language_model(model_dir, device, dtype)
 
-    def prompt(self, question: str) -> str:
+    def prompt(self, question: str, history=()) -> str:
         """The chat-template prompt with ``<image>`` expanded to one token per image feature, as
-        the processor does when it is given pixels (the cloud never is)."""
+        the processor does when it is given pixels (the cloud never is). ``history``: earlier
+        (question, answer) turns of the conversation, asked before ``question``."""
         token = self.processor.image_token
-        return build_prompt(self.processor, question).replace(token, token * self.image_tokens)
+        return build_prompt(self.processor, question, history).replace(
+            token, token * self.image_tokens)
 
     @torch.inference_mode()
     def answer(self, features: torch.Tensor, questions: list[str], max_new_tokens: int = 8,
-               streamer=None) -> list[str]:
+               streamer=None, histories=None) -> list[str]:
         """Greedy answers from features at the cut (B, T, D), one question each. A transformers
-        streamer, if given, receives the new token ids as they are generated."""
+        streamer, if given, receives the new token ids as they are generated. ``histories``: one
+        sequence of earlier (question, answer) turns per question (default: none)."""
         tok = self.processor.tokenizer
-        inputs = tok([self.prompt(q) for q in questions], padding=True,
-                     return_tensors="pt").to(self.device)
+        histories = histories or [()] * len(questions)
+        inputs = tok([self.prompt(q, h) for q, h in zip(questions, histories, strict=True)],
+                     padding=True, return_tensors="pt").to(self.device)
         embeds = merge_image_tokens(self.model, inputs.input_ids, self.image_embeddings(features))
         out = self.model.generate(inputs_embeds=embeds, attention_mask=inputs.attention_mask,
                                   max_new_tokens=max_new_tokens, do_sample=False,

@@ -56,19 +56,19 @@ def detect_format(path: str | Path) -> str:
     first object decides: ``conversations`` -> llava, ``answers`` -> vqa, else shapes (a line
     missing ``answer`` is then reported as such)."""
     path = Path(path)
-    text = _read_text(path)
-    stripped = text.lstrip()
-    if not stripped:
+    first = _first_character(path)
+    if first is None:
         raise DatasetError(f"{path}: empty dataset (no questions)")
-    if stripped[0] == "[":
+    if first == "[":
         return "llava"
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            first = _json_line(path, lineno, line)
-            if "conversations" in first:
-                return "llava"
-            return "vqa" if "answers" in first else "shapes"
-    raise AssertionError("unreachable: the text has a non-blank line")
+    lines = _json_lines(path)
+    try:
+        _, obj = next(lines)  # there is one: the file has a non-blank character
+    finally:
+        lines.close()
+    if "conversations" in obj:
+        return "llava"
+    return "vqa" if "answers" in obj else "shapes"
 
 
 def read_dataset(path: str | Path, image_folder: str | Path | None = None,
@@ -96,24 +96,6 @@ def read_dataset(path: str | Path, image_folder: str | Path | None = None,
     return dataset
 
 
-def read_questions(path: Path, limit: int | None = None) -> list[dict]:
-    """The old row view (``image``, ``question``, ``answer``, ``family``; the first turn of each
-    sample), for train_codec until its rewrite (issue 21) drops it."""
-    dataset = read_dataset(path, limit=limit)
-    rows = []
-    for s in dataset:
-        turn = s.turns[0]
-        # A ShapesVQA list stays a list (its first is the answer); VQA rows get the most frequent.
-        keep_list = dataset.format == "shapes" and len(turn.accepted) > 1
-        # An absolute path: joined to the file's folder, as callers do, it stays itself.
-        row = {"image": str(s.image), "question": turn.question,
-               "answer": list(turn.accepted) if keep_list else turn.answer}
-        if s.family is not None:
-            row["family"] = s.family
-        rows.append(row)
-    return rows
-
-
 # --- reading -------------------------------------------------------------------------------
 
 def _read_text(path: Path) -> str:
@@ -125,6 +107,37 @@ def _read_text(path: Path) -> str:
         raise DatasetError(f"{path}: is a folder, not a dataset file") from None
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot be read ({e.strerror})") from None
+
+
+def _first_character(path: Path) -> str | None:
+    """The first non-blank character, read in chunks: LLaVA's 1 GB file is one line."""
+    _read_text_check(path)
+    with path.open(encoding="utf-8", errors="replace") as f:
+        while chunk := f.read(1 << 16):
+            if stripped := chunk.lstrip():
+                return stripped[0]
+    return None
+
+
+def _read_text_check(path: Path) -> None:
+    """The one-line errors for a path that is not a readable file."""
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a folder, not a dataset file")
+
+
+def _json_lines(path: Path):
+    """(where, object) for each non-blank line, streamed."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield f"{path}:{lineno}", _json_line(path, lineno, line)
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start} of a line)") from None
     except OSError as e:
         raise DatasetError(f"{path}: cannot be read ({e.strerror})") from None
 
@@ -141,27 +154,21 @@ def _json_line(path: Path, lineno: int, line: str) -> dict:
 
 def _objects(path: Path, fmt: str):
     """(where, object) pairs in file order."""
-    text = _read_text(path)
-    if text.lstrip().startswith("["):
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path}: not JSON ({e.msg} at line {e.lineno} column "
-                               f"{e.colno})") from None
-        if not isinstance(entries, list):
-            raise DatasetError(f"{path}: expected a JSON array of conversations")
-        for i, entry in enumerate(entries):
-            # Entries count from 0, as data[i] in Python or jq's .[i].
-            where = f"{path}: entry {i}"
-            if isinstance(entry, dict) and "id" in entry:
-                where += f" (id {entry['id']})"
-            if not isinstance(entry, dict):
-                raise DatasetError(f"{path}: entry {i}: not a JSON object")
-            yield where, entry
+    if fmt != "llava" or _first_character(path) != "[":
+        yield from _json_lines(path)
         return
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            yield f"{path}:{lineno}", _json_line(path, lineno, line)
+    try:
+        entries = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not JSON ({e.msg} at line {e.lineno} column "
+                           f"{e.colno})") from None
+    if not isinstance(entries, list):
+        raise DatasetError(f"{path}: expected a JSON array of conversations")
+    for i, entry in enumerate(entries):
+        # Entries count from 0, as data[i] in Python or jq's .[i].
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{path}: entry {i}: not a JSON object")
+        yield f"{path}: entry {i}" + (f" (id {entry['id']})" if "id" in entry else ""), entry
 
 
 def _text(obj: dict, key: str, where: str) -> str:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alignedvq.data.datasets import read_dataset
 from alignedvq.edge_export import near_tie_report
 from alignedvq.evaluation.answers import is_correct
-from alignedvq.evaluation.evaluate import read_questions
 from common.imaging.policy import open_image
 
 
@@ -39,13 +39,13 @@ def compare_edges(dataset: Path, onnx_dir: Path, model_dir: Path, codec_dir: Pat
     from edge_agent.torch_edge import EdgeHalf
 
     started = time.monotonic()
-    rows = read_questions(Path(dataset), limit)
-    root = Path(dataset).parent
+    # One question per image: each sample's first turn (asked without history).
+    rows = [(s.image, s.turns[0]) for s in read_dataset(Path(dataset), limit=limit)]
     torch_edge, onnx_edge = EdgeHalf(model_dir, codec_dir), OnnxEdge(onnx_dir)
     bits, stages = onnx_edge.spec.bits, onnx_edge.spec.stages
     torch_idx, onnx_idx, reports = [], [], []
     for i in range(0, len(rows), batch):
-        images = [open_image(root / r["image"]) for r in rows[i:i + batch]]
+        images = [open_image(image) for image, _ in rows[i:i + batch]]
         with torch.no_grad():
             features = features_at_cut(torch_edge.vision, torch_edge.image_processor,
                                        images).float()
@@ -65,7 +65,7 @@ def compare_edges(dataset: Path, onnx_dir: Path, model_dir: Path, codec_dir: Pat
         server = proc.address
     try:
         stub = pb_grpc.InferenceServiceStub(channel(server))
-        jobs = [(e, idx, r["question"]) for k, r in enumerate(rows)
+        jobs = [(e, idx, turn.question) for k, (_, turn) in enumerate(rows)
                 for e, idx in ((torch_edge, t_all[k]), (onnx_edge, o_all[k]))]
         with ThreadPoolExecutor(concurrency) as pool:
             answers = list(pool.map(lambda j: _answer(stub, messages(*j)), jobs))
@@ -84,9 +84,9 @@ def compare_edges(dataset: Path, onnx_dir: Path, model_dir: Path, codec_dir: Pat
         "images_with_a_difference": differing_images,
         "answer_agreement": float(np.mean([a == b for a, b in zip(torch_answers,
                                                                    onnx_answers)])),
-        "accuracy_torch_edge": float(np.mean([is_correct(a, r["answer"])
-                                              for a, r in zip(torch_answers, rows)])),
-        "accuracy_onnx_edge": float(np.mean([is_correct(a, r["answer"])
-                                             for a, r in zip(onnx_answers, rows)])),
+        "accuracy_torch_edge": float(np.mean([is_correct(a, list(turn.accepted))
+                                              for a, (_, turn) in zip(torch_answers, rows)])),
+        "accuracy_onnx_edge": float(np.mean([is_correct(a, list(turn.accepted))
+                                             for a, (_, turn) in zip(onnx_answers, rows)])),
         "seconds": round(time.monotonic() - started, 1),
     }

@@ -23,9 +23,13 @@ def load_llava(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype = 
 
 @torch.inference_mode()
 def answer_batch(model, processor, images: list, questions: list[str],
-                 max_new_tokens: int = 8) -> list[str]:
-    """Greedy answers of the unmodified model for a batch of (image, question) pairs."""
-    prompts = [build_prompt(processor, q) for q in questions]
+                 max_new_tokens: int = 8, histories=None) -> list[str]:
+    """Greedy answers of the unmodified model for a batch of (image, question) pairs;
+    ``histories``: one sequence of earlier (question, answer) turns per question (default:
+    none), put before it in the prompt."""
+    histories = histories or [()] * len(questions)
+    prompts = [build_prompt(processor, q, h)
+               for q, h in zip(questions, histories, strict=True)]
     inputs = processor(images=images, text=prompts, padding=True, return_tensors="pt")
     inputs = inputs.to(model.device)
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
