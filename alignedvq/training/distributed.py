@@ -35,7 +35,7 @@ class World:
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The element-wise sum over all processes (in place; returned for chaining)."""
         if self.parallel:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            self._in_place(tensor, lambda t: dist.all_reduce(t, op=dist.ReduceOp.SUM))
         return tensor
 
     def mean(self, value: float) -> float:
@@ -48,7 +48,13 @@ class World:
 
     def broadcast_from_main(self, tensor: torch.Tensor) -> None:
         if self.parallel:
-            dist.broadcast(tensor, src=0)
+            self._in_place(tensor, lambda t: dist.broadcast(t, src=0))
+
+    def _in_place(self, tensor: torch.Tensor, collective) -> None:
+        moved = tensor.to(self._comm_device)
+        collective(moved)
+        if moved is not tensor:
+            tensor.copy_(moved)
 
     @property
     def _comm_device(self) -> torch.device:

@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
                         "with --resume to continue")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute the frozen language model's activations in the backward "
-                        "pass: less GPU memory for the distillation, ~30%% more compute")
+                        "pass: less GPU memory for the distillation, more compute per step")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads per process")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -89,8 +89,8 @@ def run(args) -> int:
     except (DatasetError, TemplateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not (log["processes"] == 1 or _is_main()):
-        return 0
+    if not _is_main():
+        return 0  # under torchrun the first process reports
     if "stopped_at" in log:
         print(f"stopped at step {log['stopped_at']}; continue with the same flags and --resume")
     else:
