@@ -67,3 +67,24 @@ proto: install
 BENCH_OUT ?= runs/bench
 bench: install
 	$(VENV)/bin/alignedvq bench report --out $(BENCH_OUT)
+
+# lmms-eval in its own environment (docs/lmms_eval.md): in .venv it would downgrade protobuf to
+# 6.x against the project's protobuf>=7.35. Its torch first, from this disk (CPU build). PyPI's
+# torchvision (a CUDA build) cannot import beside it and breaks `import lmms_eval`; lmms-eval's
+# core never uses it, so it is removed. filelock 4 dropped filelock._api, which lmms-eval 0.7.3
+# imports. The adapter talks to the project through `alignedvq answer-worker` only.
+LMMS_VENV ?= .venv-lmms
+LMMS_EVAL_VERSION ?= 0.7.3
+LMMS_PY := $(LMMS_VENV)/bin/python
+.PHONY: lmms-eval-env
+lmms-eval-env: $(LMMS_VENV)/.installed
+
+$(LMMS_VENV)/.installed: integrations/lmms_eval/pyproject.toml
+	$(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_PY) -m pip install --quiet --upgrade pip
+	$(LMMS_PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(LMMS_PY) -m pip install --quiet lmms-eval==$(LMMS_EVAL_VERSION) 'filelock<4' \
+		torch==$(TORCH_VERSION) -e integrations/lmms_eval
+	$(LMMS_PY) -m pip uninstall --quiet --yes torchvision
+	$(LMMS_PY) -c "import lmms_eval.evaluator, alignedvq_lmms.model"
+	touch $@
