@@ -31,7 +31,8 @@ demo: install
 	$(PY) -m alignedvq.demo
 
 # Everything: unit and integration tests (real servers, subprocesses, the wheel build).
-test: install $(VENV)/.vllm-installed
+# lmms-eval's own environment too, so its end-to-end test runs (tests/test_lmms_eval.py).
+test: install $(VENV)/.vllm-installed lmms-eval-env
 	$(PY) -m pytest -q
 
 # The edit loop: unit tests only (in-process, no server or subprocess), property tests at 100

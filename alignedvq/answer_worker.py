@@ -39,56 +39,26 @@ class RequestError(ValueError):
     """A line that is not a valid request; answered with an error line, the worker goes on."""
 
 
-class GenerationBudget:
-    """Stands in for a transformers model and sets ``max_new_tokens`` on every generate().
-
-    Why: the project's answerers generate a fixed 8 tokens (what ``alignedvq eval`` scores);
-    a request may ask for another budget. Overriding the keyword where it reaches the model
-    keeps the answerers' own code on the path, so answers stay those of ``alignedvq eval``."""
-
-    def __init__(self, model, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS):
-        self._model = model
-        self.max_new_tokens = max_new_tokens
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-    def generate(self, *args, **kwargs):
-        kwargs["max_new_tokens"] = self.max_new_tokens
-        return self._model.generate(*args, **kwargs)
-
-
 class InProcessAnswerer:
-    """The edge half, the codec and the cloud half in this process (``alignedvq eval``'s
-    answerers). ``__call__`` returns (answers, payload bytes per image or None)."""
+    """The edge half, the codec and the cloud half in this process: ``alignedvq eval``'s own
+    answerers, so the answers are eval's. ``__call__`` returns (answers, payload bytes per image
+    or None)."""
 
     def __init__(self, model_dir: Path, mode: str, codec_dir: Path | None,
                  split_layer: int | None, device: str):
-        from alignedvq.evaluation.evaluate import IMAGE_MODE, ImageUploadAnswerer, SplitAnswerer
-        from alignedvq.evaluation.original_model import answer_batch, load_llava
+        from alignedvq.evaluation.evaluate import make_answerer
 
-        self.mode = mode
-        if mode == "original":
-            model, processor = load_llava(model_dir, device=device)
-            self.budget = GenerationBudget(model)
-            self._answer = lambda images, questions: answer_batch(self.budget, processor,
-                                                                  images, questions)
-            self._payloads = None
-        else:
-            answerer = (ImageUploadAnswerer(model_dir, device) if mode == IMAGE_MODE
-                        else SplitAnswerer(model_dir, mode, codec_dir, split_layer, device))
-            holder = answerer if mode == IMAGE_MODE else answerer.cloud
-            self.budget = holder.model = GenerationBudget(holder.model)
-            self._answer = answerer
-            self._payloads = answerer.payload_bytes
+        self.answerer = make_answerer(mode, model_dir, device, codec_dir, split_layer)
+        self._payloads = getattr(self.answerer, "payload_bytes", None)
 
     def __call__(self, images, questions, max_new_tokens: int):
-        self.budget.max_new_tokens = max_new_tokens
-        answers = self._answer(images, questions)
+        answers = self.answerer(images, questions, [()] * len(questions), max_new_tokens)
         if self._payloads is None:
             return answers, [None] * len(answers)
         sizes = self._payloads[-len(images):]
         del self._payloads[:]  # a worker lives long: keep no history
+        if hasattr(self.answerer, "fp16_bytes"):
+            del self.answerer.fp16_bytes[:]
         return answers, sizes
 
 

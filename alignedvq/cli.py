@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from alignedvq.answer_worker import add_parser as add_answer_worker_parser
 from alignedvq.evaluation.evaluate import MAX_NEW_TOKENS, MODES, OLD_MODE_NAMES
 from alignedvq.evaluation.scoring import SCORERS
 from alignedvq.training.train_codec_cli import add_parser as add_train_codec_parser
@@ -212,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train_model)
 
     add_train_codec_parser(sub)
+    add_answer_worker_parser(sub)
 
     p = sub.add_parser("eval", help="accuracy on a VQA dataset (docs/evaluation.md)")
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),

@@ -19,7 +19,7 @@ GENERATED = ("common/models/tiny-llava-edge",)
 CODE = re.compile(r"(`+)(.+?)\1", re.S)
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 SHARED = re.compile(r"shared/[A-Za-z_]+\.md")
-SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", "runs", "build", "dist",
+SKIP_DIRS = {".git", ".venv", ".venv-lmms", "venv", "node_modules", "__pycache__", "runs", "build", "dist",
              "tests", ".pytest_cache", ".hypothesis", "tiny-llava-edge"}
 
 

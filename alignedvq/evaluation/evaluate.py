@@ -133,7 +133,7 @@ def questions_of(samples) -> list[Question]:
     return [Question(i, s, k) for i, s in enumerate(samples) for k in range(len(s.turns))]
 
 
-def _answerer(mode: str, model_dir: Path, device: str, codec_dir, split_layer):
+def make_answerer(mode: str, model_dir: Path, device: str, codec_dir, split_layer):
     if mode == "original":
         return OriginalAnswerer(model_dir, device)
     if mode == IMAGE_MODE:
@@ -183,7 +183,7 @@ def evaluate(model_dir: Path, dataset: Path, limit: int | None = None, batch_siz
     questions = questions_of(samples)[:limit]
     out = _open_predictions(predictions_path)
     try:
-        answerer = _answerer(mode, model_dir, device, codec_dir, split_layer)
+        answerer = make_answerer(mode, model_dir, device, codec_dir, split_layer)
         total = 0.0
         by_family: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
         errors, predictions, failed = [], [], {}
