@@ -108,9 +108,11 @@ class StepOrder:
 
 
 def loader(dataset: CodecSamples, batch_sampler, workers: int, pad_id: int) -> DataLoader:
+    # Each loader is iterated once, so its workers need not persist: the initialisation's
+    # exit when it ends instead of holding their memory through training.
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
                       collate_fn=partial(collate, pad_id=pad_id),
-                      persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
+                      prefetch_factor=2 if workers else None)
 
 
 def batches(data: DataLoader):
