@@ -157,3 +157,19 @@ def test_a_bad_dataset_is_one_line_and_exit_2(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip().count("\n") == 0 and "bad.jsonl:2" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.unit
+def test_a_codec_to_fine_tune_must_have_the_runs_geometry(tmp_path):
+    from alignedvq.training.train_codec import warm_start
+    from common.codec.aligned_vq import AlignedVQ, CodecConfig, CodecMismatchError
+
+    config = CodecConfig(feature_dim=16, code_dim=4, bits=4, stages=1, tokens=8, split_layer=2,
+                         vision_fingerprint="ab" * 8)
+    AlignedVQ(config).save(tmp_path / "c")
+    assert warm_start(tmp_path / "c", config).config.bits == 4
+    with pytest.raises(ValueError, match="bits 4 vs 5"):
+        warm_start(tmp_path / "c", CodecConfig(**{**config.__dict__, "bits": 5}))
+    with pytest.raises(CodecMismatchError, match="fingerprint"):
+        warm_start(tmp_path / "c", CodecConfig(**{**config.__dict__,
+                                                   "vision_fingerprint": "cd" * 8}))

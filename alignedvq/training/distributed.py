@@ -75,7 +75,7 @@ def join(device: str) -> World:
     requested = torch.device(device)
     if requested.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {device}: no CUDA device is available here")
+            raise ValueError(f"--device {device}: no CUDA device is available here")
         index = local_rank if size > 1 or requested.index is None else requested.index
         requested = torch.device("cuda", index)
         torch.cuda.set_device(requested)

@@ -22,7 +22,7 @@ STATE = "state.pt"
 # Settings a resumed run must share with the one that wrote the checkpoint: anything else
 # (steps, workers, logging, evaluation) may change between the two.
 MUST_MATCH = ("model_dir", "dataset", "bits", "stages", "split_layer", "code_dim", "batch",
-              "seed", "max_images", "held_out")
+              "seed", "max_images", "held_out", "init_from")
 
 
 def _rng_file(rank: int) -> str:

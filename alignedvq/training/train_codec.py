@@ -64,6 +64,7 @@ class CodecTraining:
     workers: int = 2
     init_images: int = 2048         # images the initialisation samples tokens from
     init_tokens: int = 200_000      # tokens k-means and the PCA see (bounds its memory)
+    init_from: Path | None = None   # a codec to start from instead of k-means (fine-tuning)
     held_out: int = 64              # samples kept out of training for the periodic evaluation
     eval_every: int = 250
     save_every: int = 250
@@ -157,7 +158,8 @@ def codec_losses(codec, halves: FrozenHalves, x: torch.Tensor, batch: codec_data
 def initialise(codec: AlignedVQ, halves: FrozenHalves, data, images: int,
                run: CodecTraining) -> float:
     """k-means and PCA on at most ``init_tokens`` tokens drawn evenly from ``init_images``
-    images; returns the features' variance (the reconstruction loss's scale)."""
+    images, or the weights of ``run.init_from``; returns the features' variance (the
+    reconstruction loss's scale), measured on those tokens either way."""
     g = torch.Generator().manual_seed(run.seed)
     per_image = None
     picked = []
@@ -169,8 +171,24 @@ def initialise(codec: AlignedVQ, halves: FrozenHalves, data, images: int,
         for image in feats:
             picked.append(image[torch.randperm(len(image), generator=g)[:per_image]])
     sample = torch.cat(picked)[:run.init_tokens]
-    codec.initialise(sample.to(halves.device), run.seed)
+    if run.init_from is None:
+        codec.initialise(sample.to(halves.device), run.seed)
+    else:
+        codec.load_state_dict(warm_start(run.init_from, codec.config).state_dict())
     return sample.var().item()
+
+
+def warm_start(codec_dir: Path, config: CodecConfig) -> AlignedVQ:
+    """The codec to fine-tune: it must have this run's geometry and vision fingerprint."""
+    start = AlignedVQ.load(codec_dir, expect_fingerprint=config.vision_fingerprint,
+                           expect_split_layer=config.split_layer)
+    differ = [f"{k} {getattr(start.config, k)} vs {getattr(config, k)}"
+              for k in ("feature_dim", "code_dim", "bits", "stages", "tokens")
+              if getattr(start.config, k) != getattr(config, k)]
+    if differ:
+        raise ValueError(f"--init-from {codec_dir}: not this run's geometry ("
+                         + ", ".join(differ) + ")")
+    return start
 
 
 @torch.no_grad()
@@ -249,6 +267,8 @@ def _train(run: CodecTraining, world: World) -> dict:
                          tokens=edge.split.tokens(edge.config.vision_config),
                          split_layer=edge.split.split_layer, vision_fingerprint=edge.fingerprint,
                          model_id=Path(run.model_dir).name)
+    if run.init_from is not None:
+        warm_start(run.init_from, config)  # refused before any image is read
     codec = AlignedVQ(config).to(world.device)
     opt = torch.optim.Adam(codec.parameters(), lr=run.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(

@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
                    help="images the k-means initialisation samples tokens from")
     p.add_argument("--init-tokens", type=int, default=200_000,
                    help="tokens the initialisation holds (its memory: tokens x hidden x 4 B)")
+    p.add_argument("--init-from", metavar="CODEC_DIR",
+                   help="start from this codec's weights instead of k-means, to fine-tune it "
+                        "(same checkpoint, split layer, bits, stages and code dimension)")
     p.add_argument("--held-out", type=int, default=64,
                    help="samples kept out of training for the periodic evaluation (0: none)")
     p.add_argument("--eval-every", type=int, default=250, help="held-out evaluation period")
@@ -68,8 +71,6 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from alignedvq.data.datasets import DatasetError
-    from alignedvq.training.conversation_tokens import TemplateError
     from alignedvq.training.train_codec import CodecTraining, train_codec
 
     torch.set_num_threads(args.threads)
@@ -80,13 +81,17 @@ def run(args) -> int:
         distill_weight=args.distill_weight, seed=args.seed, max_images=args.max_images,
         image_folder=Path(args.image_folder) if args.image_folder else None,
         device=args.device, dtype=args.dtype, workers=args.workers,
-        init_images=args.init_images, init_tokens=args.init_tokens, held_out=args.held_out,
+        init_images=args.init_images, init_tokens=args.init_tokens,
+        init_from=Path(args.init_from) if args.init_from else None, held_out=args.held_out,
         eval_every=args.eval_every, save_every=args.save_every, log_every=args.log_every,
-        resume=args.resume, stop_at=args.stop_at, gradient_checkpointing=args.gradient_checkpointing,
+        resume=args.resume, stop_at=args.stop_at,
+        gradient_checkpointing=args.gradient_checkpointing,
         progress=not args.quiet)
     try:
         log = train_codec(settings)
-    except (DatasetError, TemplateError) as e:
+    except (ValueError, FileNotFoundError) as e:
+        # Bad data (DatasetError), a template without answer spans (TemplateError), a codec or
+        # checkpoint from another run, no CUDA device: one line, not a traceback.
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not _is_main():
