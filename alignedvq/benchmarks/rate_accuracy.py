@@ -32,10 +32,15 @@ class Budget:
     steps: int = 300                # the shipped codec took 1,500 (2 shared CPU cores here)
     batch: int = 32
     test_questions: int = 600
+    held_out: int = 64              # train-codec's default: kept out for its held-out figures
+    workers: int = 2                # train-codec's default DataLoader processes
 
     @classmethod
     def quick(cls) -> "Budget":
-        return cls(rates=QUICK_RATES, train_questions=32, steps=1, batch=4, test_questions=12)
+        # 32 images: none held out (train-codec's 64 would leave nothing to train on), decoded
+        # inline (DataLoader processes would cost more than they save).
+        return cls(rates=QUICK_RATES, train_questions=32, steps=1, batch=4, test_questions=12,
+                   held_out=0, workers=0)
 
 
 def log(msg: str) -> None:
@@ -76,7 +81,8 @@ def _cached(folder: Path, bits: int, stages: int, budget: Budget, fingerprint: s
     same = (config.get("bits") == bits and config.get("stages") == stages
             and config.get("vision_fingerprint") == fingerprint
             and log_.get("steps") == budget.steps and log_.get("batch") == budget.batch
-            and log_.get("images") == budget.train_questions)
+            and log_.get("images") == budget.train_questions
+            and log_.get("held_out") == budget.held_out)
     return log_ if same else None
 
 
@@ -86,18 +92,25 @@ def ensure_codec(out: Path, train_questions: Path, bits: int, stages: int, budge
     argv = ["train-codec", "--dataset", str(train_questions), "--bits", str(bits),
             "--stages", str(stages), "--steps", str(budget.steps), "--batch", str(budget.batch),
             "--seed", "0", "--out", str(folder)]
+    defaults = Budget()
+    if budget.held_out != defaults.held_out:
+        argv += ["--held-out", str(budget.held_out)]
+    if budget.workers != defaults.workers:
+        argv += ["--workers", str(budget.workers)]
     cached = _cached(folder, bits, stages, budget, fingerprint)
     if cached is None:
         log(f"bench: training the {bits}-bit x {stages} codec ({budget.steps} steps)")
         from contextlib import redirect_stdout
 
-        from alignedvq.training.train_codec import train_codec
+        from alignedvq.training.train_codec import CodecTraining, train_codec
 
         # What `alignedvq train-codec ARGV` runs (its other flags at their defaults). Messages
         # go to stderr with the rest of the progress: stdout may carry --json.
         with redirect_stdout(sys.stderr):
-            train_codec(DEFAULT_MODEL_DIR, train_questions, folder, bits=bits, stages=stages,
-                        steps=budget.steps, batch=budget.batch, seed=0)
+            train_codec(CodecTraining(model_dir=DEFAULT_MODEL_DIR, dataset=train_questions,
+                                      out=folder, bits=bits, stages=stages, steps=budget.steps,
+                                      batch=budget.batch, seed=0, held_out=budget.held_out,
+                                      workers=budget.workers))
         command = "alignedvq " + " ".join(argv)
         cached = json.loads((folder / "training_log.json").read_text())
         reused = False
