@@ -77,20 +77,28 @@ def refused(metrics_port: int) -> int:
     return int(float(found.group(1))) if found else 0
 
 
-def test_resource_exhausted_is_retried_with_backoff_within_timeout(capsys):
+@pytest.fixture(scope="module", autouse=True)
+def refusing_server():
+    """A server whose queue takes nothing (--max-queued 0), with its metrics. Started as the
+    module begins, so its loading overlaps the tests before its user's."""
+    metrics = free_port()
+    with ServerProcess("--max-queued", "0", "--metrics-port", str(metrics), wait=False) as server:
+        server.metrics_port = metrics
+        yield server
+
+
+def test_resource_exhausted_is_retried_with_backoff_within_timeout(refusing_server, capsys):
     """A server whose queue takes nothing (--max-queued 0) refuses every answer; the server's
     own metrics count the attempts."""
-    metrics = free_port()
-    with ServerProcess("--max-queued", "0", "--metrics-port", str(metrics)) as server:
-        server.wait_ready()
-        common = ["--server", server.address, "--image", str(IMAGE), "--question", QUESTION,
-                  "--mode", "image"]
-        assert main([*common, "--no-wait"]) == 1
-        assert "edge-agent: RESOURCE_EXHAUSTED" in capsys.readouterr().err
-        assert refused(metrics) == 1
-        assert main([*common, "--timeout", "2"]) == 1
-        err = capsys.readouterr().err
-        assert f"waiting for {server.address} (RESOURCE_EXHAUSTED" in err
-        assert "within --timeout 2 s" in err
-        # Backoff 0.1 s doubling, full jitter: at least 5 attempts fit in 2 s, not hundreds.
-        assert 5 <= refused(metrics) - 1 <= 40
+    server, metrics = refusing_server.wait_ready(), refusing_server.metrics_port
+    common = ["--server", server.address, "--image", str(IMAGE), "--question", QUESTION,
+              "--mode", "image"]
+    assert main([*common, "--no-wait"]) == 1
+    assert "edge-agent: RESOURCE_EXHAUSTED" in capsys.readouterr().err
+    assert refused(metrics) == 1
+    assert main([*common, "--timeout", "2"]) == 1
+    err = capsys.readouterr().err
+    assert f"waiting for {server.address} (RESOURCE_EXHAUSTED" in err
+    assert "within --timeout 2 s" in err
+    # Backoff 0.1 s doubling, full jitter: at least 5 attempts fit in 2 s, not hundreds.
+    assert 5 <= refused(metrics) - 1 <= 40
