@@ -4,6 +4,7 @@ SIGTERM's drain included: tests/test_engine_contract.py.)"""
 import json
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -67,23 +68,70 @@ def valid_messages(question="how many objects are there?", image="sample2.png"):
     return edge.messages(chunks, question)
 
 
-def test_health_goes_from_not_serving_to_serving():
-    with ServerProcess() as s:
-        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(s.address))
-        seen = []
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            status = health.Check(health_pb2.HealthCheckRequest(service="")).status
-            if not seen or seen[-1] != status:
-                seen.append(status)
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                break
-            time.sleep(0.02)
-        assert seen == [health_pb2.HealthCheckResponse.NOT_SERVING,
-                        health_pb2.HealthCheckResponse.SERVING]
-        named = health.Check(health_pb2.HealthCheckRequest(
-            service="alignedvq.v1.InferenceService")).status
-        assert named == health_pb2.HealthCheckResponse.SERVING
+def _health_until_serving(s: ServerProcess) -> list:
+    """The statuses the server's health service reports, from its first listening moment
+    until SERVING (each change once)."""
+    s.wait_listening()
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(s.address))
+    seen = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        status = health.Check(health_pb2.HealthCheckRequest(service="")).status
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if status == health_pb2.HealthCheckResponse.SERVING:
+            break
+        time.sleep(0.02)
+    return seen
+
+
+@pytest.fixture(scope="module", autouse=True)
+def starting_server():
+    """A server of its own, started as the module begins: a thread watches its health from the
+    moment it listens while the tests before its user's run."""
+    with ServerProcess(wait=False) as s, ThreadPoolExecutor(1) as watcher:
+        yield s, watcher.submit(_health_until_serving, s)
+
+
+PLAIN_ARGS = ("--image", str(SAMPLES_DIR / "images/sample2.png"),
+              "--question", "how many objects are there?")
+
+
+def _mismatched_codec(folder):
+    import shutil
+
+    import torch
+
+    from common.codec.aligned_vq import AlignedVQ
+
+    shutil.copytree(DEFAULT_CODEC_DIR, folder)
+    c = AlignedVQ.load(folder)
+    with torch.no_grad():
+        c.codebooks[0, 0] += 1.0
+    c.save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def agent_runs(server, tmp_path_factory):
+    """The real ``edge-agent`` processes of the tests below, started together as the module
+    begins (each pays its interpreter's start-up, ~4 s on one core, meanwhile)."""
+    codec = _mismatched_codec(tmp_path_factory.mktemp("mismatched") / "codec")
+    with ThreadPoolExecutor(2) as pool:
+        yield {"plain": pool.submit(edge_agent, server, *PLAIN_ARGS),
+               "mismatched codec": pool.submit(
+                   edge_agent, server, "--image", str(SAMPLES_DIR / "images/sample0.png"),
+                   "--question", "how many objects are there?", "--codec", str(codec))}
+
+
+def test_health_goes_from_not_serving_to_serving(starting_server):
+    s, seen = starting_server
+    assert seen.result() == [health_pb2.HealthCheckResponse.NOT_SERVING,
+                             health_pb2.HealthCheckResponse.SERVING]
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(s.address))
+    named = health.Check(health_pb2.HealthCheckRequest(
+        service="alignedvq.v1.InferenceService")).status
+    assert named == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_server_info(stub):
@@ -141,12 +189,10 @@ def test_split_path_sends_ten_times_fewer_bytes_and_agrees_with_cloud_only(serve
     assert agree >= len(ROWS) - 1
 
 
-def test_plain_output_streams_the_answer(server):
-    args = ["--image", str(SAMPLES_DIR / "images/sample2.png"),
-            "--question", "how many objects are there?"]
-    out = edge_agent(server, *args)
+def test_plain_output_streams_the_answer(server, agent_runs):
+    out = agent_runs["plain"].result()
     assert out.returncode == 0, out.stderr
-    as_json = json.loads(edge_in_process(server, *args, "--json").stdout)
+    as_json = json.loads(edge_in_process(server, *PLAIN_ARGS, "--json").stdout)
     assert out.stdout.strip() == as_json["answer"]
     assert "B sent" in out.stderr
 
@@ -178,19 +224,8 @@ def test_mismatched_codec_is_refused_before_inference(server, stub):
     assert_still_serves(stub)
 
 
-def test_mismatched_codec_is_refused_at_the_edge_too(server, tmp_path):
-    import shutil
-
-    codec = tmp_path / "codec"
-    shutil.copytree(DEFAULT_CODEC_DIR, codec)
-    from common.codec.aligned_vq import AlignedVQ
-
-    c = AlignedVQ.load(codec)
-    with __import__("torch").no_grad():
-        c.codebooks[0, 0] += 1.0
-    c.save(codec)
-    out = edge_agent(server, "--image", str(SAMPLES_DIR / "images/sample0.png"), "--question",
-                     "how many objects are there?", "--codec", str(codec))
+def test_mismatched_codec_is_refused_at_the_edge_too(agent_runs):
+    out = agent_runs["mismatched codec"].result()
     assert out.returncode == 3
     assert "incompatible server" in out.stderr
 
