@@ -13,10 +13,10 @@ its own process.
 from __future__ import annotations
 
 import json
+from contextlib import closing
 
-from alignedvq.benchmarks.drive import drive, sample_requests
+from alignedvq.benchmarks.drive import drive, each_server, sample_requests
 from alignedvq.benchmarks.machine import describe
-from alignedvq.server_process import ServerProcess
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
 
 CLIENTS = (1, 4, 16, 32)
@@ -27,15 +27,17 @@ ENGINES = {"builtin": ("off", "on"), "vllm": ("off", "vllm"), "both": ("off", "o
 
 def run(quick: bool = False, clients=CLIENTS, progress=print, model=DEFAULT_MODEL_DIR,
         codec=DEFAULT_CODEC_DIR, engines: str = "builtin", seconds: float | None = None) -> dict:
-    seconds = seconds or (1.0 if quick else 15.0)  # quick: a smoke run (the test suite's)
+    # quick: a smoke run (the test suite's), half a second a point, the servers started
+    # together (each is still measured alone: each_server).
+    seconds = seconds or (0.5 if quick else 15.0)
     requests = sample_requests(model=model, codec=codec)
     points = []
-    for setting in ENGINES[engines]:
-        flags = SETTINGS[setting]
-        with ServerProcess(*flags, "--model", str(model), "--codec", str(codec),
-                           ready_timeout=900) as server:
-            server.wait_ready(1800)  # vLLM: its engine core process starts and loads first
-            drive(server.address, 2, 1.0, requests)  # warm the channels and the model
+    # vLLM: its engine core process starts and loads first.
+    with closing(each_server([[*SETTINGS[s], "--model", str(model), "--codec", str(codec)]
+                              for s in ENGINES[engines]], together=quick,
+                             ready_timeout=1800)) as servers:
+        for server, setting in zip(servers, ENGINES[engines]):
+            drive(server.address, 2, min(seconds, 1.0), requests)  # warm channels and model
             for n in clients:
                 point = {"batching": setting, **drive(server.address, n, seconds, requests)}
                 progress(f"batching {setting:3} clients {n:2}: {point['answers_per_s']:7.1f} "

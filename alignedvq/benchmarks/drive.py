@@ -1,6 +1,6 @@
 """Closed-loop load on a real server: N client threads, each with its own channel, send
-pre-built requests back to back for a fixed time and record every outcome. Shared by the
-batching benchmark and the load test."""
+pre-built requests back to back for a fixed time and record every outcome; the servers of a run,
+one after another. Shared by the batching benchmark and the load test."""
 
 from __future__ import annotations
 
@@ -15,8 +15,33 @@ import grpc
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common.imaging.policy import jpeg_baseline, open_image
+from alignedvq.server_process import ServerProcess
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from edge_agent.torch_edge import EdgeHalf
+
+
+def each_server(flag_sets, together: bool = False, ready_timeout: float = 180.0):
+    """Yields a ready ``cloud-server`` for each list of flags in turn, stopping each after its
+    turn, so only one is measured at a time. ``together``: all start at once (their loading
+    overlaps) and each waits, loaded and idle, for its turn; no server is still loading while
+    another is measured. Otherwise each starts when its turn comes."""
+    if not together:
+        for flags in flag_sets:
+            with ServerProcess(*flags, ready_timeout=ready_timeout) as server:
+                yield server.wait_ready(ready_timeout)
+        return
+    servers = []
+    try:
+        for flags in flag_sets:
+            servers.append(ServerProcess(*flags, wait=False))
+        for server in servers:
+            server.wait_ready(ready_timeout)
+        for server in servers:
+            yield server
+            server.terminate()
+    finally:
+        for server in servers:
+            server.terminate()
 
 
 def sample_requests(modes=("alignedvq",), model=DEFAULT_MODEL_DIR,

@@ -5,16 +5,18 @@ answered, refused with RESOURCE_EXHAUSTED (the bounded queue doing its job), fai
 
 It runs twice: with the default limits, and with a deliberately small queue
 (``--max-batch-size 4 --max-queued 8``) so overload is visible as fast refusals rather than
-growing latency. Not a timed test: figures are reported, never asserted.
+growing latency. Both servers start together (the embedded model is small), then each is
+measured alone while the other waits idle or is already stopped. Not a timed test: figures are
+reported, never asserted.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import closing
 
-from alignedvq.benchmarks.drive import drive, sample_requests
+from alignedvq.benchmarks.drive import drive, each_server, sample_requests
 from alignedvq.benchmarks.machine import describe
-from alignedvq.server_process import ServerProcess
 
 CONFIGS = {"default limits": [], "small queue": ["--max-batch-size", "4", "--max-queued", "8"]}
 
@@ -22,19 +24,18 @@ CONFIGS = {"default limits": [], "small queue": ["--max-batch-size", "4", "--max
 def run(clients: int = 32, seconds: float = 60.0, progress=print) -> dict:
     requests = sample_requests(("alignedvq", "alignedvq", "alignedvq", "image"))
     results = []
-    for name, flags in CONFIGS.items():
-        with ServerProcess(*flags) as server:
-            server.wait_ready()
+    with closing(each_server(CONFIGS.values(), together=True)) as servers:
+        for server, (name, flags) in zip(servers, CONFIGS.items()):
             result = drive(server.address, clients, seconds, requests)
-        codes = result.pop("codes")
-        row = {"config": name, "server_flags": " ".join(flags) or "(defaults)", **result,
-               "resource_exhausted": codes.get("RESOURCE_EXHAUSTED", 0),
-               "failed_otherwise": sum(n for c, n in codes.items()
-                                       if c not in ("OK", "RESOURCE_EXHAUSTED"))}
-        progress(f"{name}: sent {row['sent']}, answered {row['answered']}, "
-                 f"RESOURCE_EXHAUSTED {row['resource_exhausted']}, failed otherwise "
-                 f"{row['failed_otherwise']}, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms")
-        results.append(row)
+            codes = result.pop("codes")
+            row = {"config": name, "server_flags": " ".join(flags) or "(defaults)", **result,
+                   "resource_exhausted": codes.get("RESOURCE_EXHAUSTED", 0),
+                   "failed_otherwise": sum(n for c, n in codes.items()
+                                           if c not in ("OK", "RESOURCE_EXHAUSTED"))}
+            progress(f"{name}: sent {row['sent']}, answered {row['answered']}, "
+                     f"RESOURCE_EXHAUSTED {row['resource_exhausted']}, failed otherwise "
+                     f"{row['failed_otherwise']}, p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms")
+            results.append(row)
     return {"benchmark": "load", "command": f"alignedvq bench load --clients {clients} "
             f"--seconds {seconds:g}",
             "machine": describe(),
