@@ -101,9 +101,11 @@ def run(quick: bool, prefer: str = "auto") -> dict:
         with ServerProcess("--host", link.server_host, "--device", "cpu",
                            wrap=link.server_wrap()) as server, \
                 tempfile.TemporaryFile("w+") as worker_err:
-            server.wait_ready()
+            # The worker (torch, the edge's weights) loads while the server does; it waits for
+            # the server itself. Nothing is timed until both are ready.
             worker = _Worker(link.client_wrap(), link.target(server.address), worker_err)
             try:
+                server.wait_ready()
                 try:
                     ready = worker.reply(timeout=300)
                 except RuntimeError:

@@ -10,7 +10,8 @@ each repeat, so neither path always runs first). Every request makes the RPCs a 
 (``server_info`` for the server's input size, then ``ask_with_image``). ``total_ms`` spans all of
 them, ``network_ms`` is what is left of it after the edge's and the server's own time, and
 ``rpcs`` is how many calls went on the wire, counted by a client interceptor on the channel.
-The start-up compatibility check (GetServerInfo, once) is not timed.
+The start-up compatibility check (GetServerInfo, once, retried while the server is still
+loading) is not timed.
 """
 
 from __future__ import annotations
@@ -54,22 +55,27 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch threads for the edge half: 1, because the server and the link "
                         "share this machine's cores, and spinning intra-op threads competing "
                         "with them turned a ~5 ms vision pass into hundreds of ms")
+    p.add_argument("--wait-seconds", type=float, default=600.0,
+                   help="how long to wait for a server that is still starting")
     args = p.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
 
-    from alignedvq.v1 import inference_pb2 as pb
     from alignedvq.v1 import inference_pb2_grpc as pb_grpc
-    from common.wire.channels import channel
+    from common.wire.channels import channel, grpc_target
     from edge_agent.client import ask_with_codes, ask_with_image, check_compatible, server_info
+    from edge_agent.retry import Retrying
     from edge_agent.torch_edge import EdgeHalf
 
     modes = args.modes.split(",")
     counter = CountingInterceptor()
-    stub = pb_grpc.InferenceServiceStub(grpc.intercept_channel(channel(args.server), counter))
-    info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=120, wait_for_ready=True)
+    raw = channel(args.server)
+    stub = pb_grpc.InferenceServiceStub(grpc.intercept_channel(raw, counter))
+    # The server may still be loading (the benchmark starts this worker as soon as it listens):
+    # wait for it as edge-agent does.
+    info = server_info(stub, retry=Retrying(raw, grpc_target(args.server), args.wait_seconds))
     edges = {}
     for mode in modes:
         if mode != "image":
