@@ -12,7 +12,6 @@ from conftest import cli, edge_agent_in_process
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from alignedvq.evaluation.evaluate import answer_batch
-from alignedvq.evaluation.original_model import load_llava
 from alignedvq.server_process import ServerProcess
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
@@ -142,15 +141,21 @@ def test_server_info(stub):
     assert (info.bits, info.codebook_size, info.tokens) == (12, 4096, edge.tokens)
 
 
-def test_split_path_answers_equal_the_in_process_pipeline(server):
+@pytest.fixture(scope="module")
+def split_runs(server):
+    """``edge-agent --json`` in this process for every sample question, alignedvq mode: what
+    the split path's tests below check (each run is the same greedy request; once is enough)."""
+    return [edge_in_process(server, "--image", str(SAMPLES_DIR / row["image"]), "--question",
+                            row["question"], "--json") for row in ROWS]
+
+
+def test_split_path_answers_equal_the_in_process_pipeline(split_runs):
     edge = edge_half()
     cloud = CloudHalf(DEFAULT_MODEL_DIR, DEFAULT_CODEC_DIR)
-    for row in ROWS:
+    for row, out in zip(ROWS, split_runs):
         image = open_image(SAMPLES_DIR / row["image"])
         expected = cloud.answer(cloud.decode("alignedvq", edge.chunks([image])[0])[None],
                                 [row["question"]])[0]
-        out = edge_in_process(server, "--image", str(SAMPLES_DIR / row["image"]),
-                              "--question", row["question"], "--json")
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout)
         assert result["answer"] == expected
@@ -160,8 +165,9 @@ def test_split_path_answers_equal_the_in_process_pipeline(server):
         assert result["payload_bytes"] == result["server_payload_bytes"]
 
 
-def test_image_mode_answers_equal_the_monolithic_model_on_the_same_jpeg(server, tmp_path):
-    model, processor = load_llava(DEFAULT_MODEL_DIR)
+def test_image_mode_answers_equal_the_monolithic_model_on_the_same_jpeg(server, embedded_model,
+                                                                         tmp_path):
+    model, processor = embedded_model  # the session's (tests/conftest.py), read only
     size = model.config.vision_config.image_size
     for row in ROWS[:4]:
         image = open_image(SAMPLES_DIR / row["image"])
@@ -175,13 +181,13 @@ def test_image_mode_answers_equal_the_monolithic_model_on_the_same_jpeg(server, 
         assert result["mode"] == "image" and result["answer"] == expected
 
 
-def test_split_path_sends_ten_times_fewer_bytes_and_agrees_with_cloud_only(server, tmp_path):
+def test_split_path_sends_ten_times_fewer_bytes_and_agrees_with_cloud_only(server, split_runs):
     agree, vq_bytes, jpeg_bytes = 0, 0, 0
-    for row in ROWS:
-        args = ["--image", str(SAMPLES_DIR / row["image"]), "--question", row["question"],
-                "--json"]
-        vq = json.loads(edge_in_process(server, *args).stdout)
-        jpeg = json.loads(edge_in_process(server, *args, "--mode", "image").stdout)
+    for row, out in zip(ROWS, split_runs):
+        vq = json.loads(out.stdout)
+        jpeg = json.loads(edge_in_process(server, "--image", str(SAMPLES_DIR / row["image"]),
+                                          "--question", row["question"], "--json", "--mode",
+                                          "image").stdout)
         agree += vq["answer"] == jpeg["answer"]
         vq_bytes += vq["payload_bytes"]
         jpeg_bytes += jpeg["payload_bytes"]
