@@ -98,13 +98,10 @@ def exported_edge(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def default_server():
     """One real ``cloud-server`` with default flags (embedded model, shipped codec), started
-    once per test run and shared by every module that needs nothing else. Tests must leave it
-    serving: ones that stop, drain or reconfigure a server start their own."""
-    from alignedvq.server_process import ServerProcess
-
-    with ServerProcess() as server:
-        server.wait_ready()
-        yield server
+    once per test run (as soon as collection ends, when collected tests use it) and shared by
+    every module that needs nothing else. Tests must leave it serving: ones that stop, drain or
+    reconfigure a server start their own."""
+    return DEFAULT_SERVER.get()
 
 
 # One small server per engine serves the tests of every module that needs nothing else
@@ -183,6 +180,9 @@ class SharedServer:
 SHARED_VLLM = SharedServer(*VLLM_FLAGS, extra="vllm")
 SHARED_BUILTIN = SharedServer(*BUILTIN_FLAGS)
 SMALL_SERVERS = {"builtin": SHARED_BUILTIN, "vllm": SHARED_VLLM}
+# The default_server fixture's, started early too: its first user (test_hostile_images) comes
+# after a minute of tests.
+DEFAULT_SERVER = SharedServer()
 NEEDS_VLLM = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                 reason="the vllm extra is not installed (make test installs it)")
 # Parameters of the tests that hold for each engine.
@@ -207,10 +207,12 @@ def pytest_collection_finish(session):
         used.discard("vllm")
     for name in sorted(used, reverse=True):  # vLLM's, the longest, first
         SMALL_SERVERS[name].start_early()
+    if any("default_server" in getattr(item, "fixturenames", ()) for item in session.items):
+        DEFAULT_SERVER.start_early()
 
 
 def pytest_sessionfinish(session):
-    for server in SMALL_SERVERS.values():
+    for server in (*SMALL_SERVERS.values(), DEFAULT_SERVER):
         server.close()  # also when it was started early and no test asked for it
 
 
