@@ -184,10 +184,11 @@ PEAK = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).r
 AT_ONCE = 3
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def large_runs(server, files):
     """Every (case, mode) of the large and thin images as a real edge-agent process, started
-    together on the first test's request; each test waits for its own."""
+    as the module begins (they run while the in-process cases do); each test waits for its
+    own."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(case, question, mode):
