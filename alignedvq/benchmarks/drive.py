@@ -12,10 +12,10 @@ import time
 
 import grpc
 
+from alignedvq.server_process import ServerProcess
 from alignedvq.v1 import inference_pb2 as pb
 from alignedvq.v1 import inference_pb2_grpc as pb_grpc
 from common.imaging.policy import jpeg_baseline, open_image
-from alignedvq.server_process import ServerProcess
 from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, SAMPLES_DIR
 from edge_agent.torch_edge import EdgeHalf
 
