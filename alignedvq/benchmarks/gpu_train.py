@@ -92,6 +92,10 @@ def halves_at(model, config, split_layer: int | None, device: torch.device, dtyp
         model.gradient_checkpointing_disable()
         model.eval()
     halves = FrozenHalves.from_modules(edge, cloud, device, dtype, gradient_checkpointing)
+    # The trainer's cloud.model has no vision tower (CloudHalf keeps the blocks after the cut
+    # apart), so only the language model is checkpointed; transformers checkpoints a layer only
+    # in training mode, so the shared vision tower goes back to eval mode.
+    model.model.vision_tower.eval()
     return halves, split
 
 
@@ -193,7 +197,8 @@ def run(shrink: bool, device: str, dtype: str, batches: list[int], split_layers:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m alignedvq.benchmarks.gpu_train", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m alignedvq.benchmarks.gpu_train",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shrink", action="store_true",
                    help="a tiny config of the same architecture (a CPU smoke run in seconds; "

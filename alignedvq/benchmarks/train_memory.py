@@ -1,6 +1,6 @@
 """Peak host memory of ``alignedvq train-codec`` against the dataset size (issue 21).
 
-    python -m alignedvq.benchmarks.train_memory                     # N = 100 and 400, workers 0 and 2
+    python -m alignedvq.benchmarks.train_memory          # N = 100 and 400, workers 0 and 2
     python -m alignedvq.benchmarks.train_memory --images 100 400 --workers 0 --init-tokens 50000
 
 In a work folder it writes an HF-format LLaVA checkpoint with llava-1.5-7b's vision tower
