@@ -83,29 +83,46 @@ class FrozenHalves:
     distilling) the cloud half with its language model, both in the run's dtype."""
 
     def __init__(self, run: CodecTraining, world: World):
-        self.device, self.dtype = world.device, DTYPES[run.dtype]
-        self.edge = EdgeVision.from_pretrained(run.model_dir, run.split_layer, self.device,
-                                               self.dtype)
-        for p in self.edge.parameters():
-            p.requires_grad_(False)
-        self.image_processor = load_image_processor(run.model_dir)
-        self.cloud = None
+        dtype = DTYPES[run.dtype]
+        edge = EdgeVision.from_pretrained(run.model_dir, run.split_layer, world.device, dtype)
+        cloud = None
         if run.distill_weight:
             from cloud_server.cloud_half import CloudHalf
 
-            self.cloud = CloudHalf(run.model_dir, split_layer=run.split_layer,
-                                   device=str(self.device), dtype=self.dtype,
-                                   vision_fingerprint=self.edge.fingerprint)
+            cloud = CloudHalf(run.model_dir, split_layer=run.split_layer,
+                              device=str(world.device), dtype=dtype,
+                              vision_fingerprint=edge.fingerprint)
+        self._freeze(edge, cloud, world.device, dtype, run.gradient_checkpointing)
+        self.image_processor = load_image_processor(run.model_dir)
+
+    @classmethod
+    def from_modules(cls, edge, cloud, device: torch.device, dtype: torch.dtype,
+                     gradient_checkpointing: bool = False) -> FrozenHalves:
+        """Halves already in memory, with no checkpoint folder (benchmarks/gpu_train.py builds
+        llava-1.5-7b's geometry on the GPU directly). ``cloud``: anything with ``vision`` (the
+        blocks after the cut and the projector) and ``model`` (the LLaVA language model), or
+        None when not distilling."""
+        halves = cls.__new__(cls)
+        halves._freeze(edge, cloud, torch.device(device), dtype, gradient_checkpointing)
+        halves.image_processor = None
+        return halves
+
+    def _freeze(self, edge, cloud, device: torch.device, dtype: torch.dtype,
+                gradient_checkpointing: bool) -> None:
+        self.device, self.dtype, self.edge, self.cloud = device, dtype, edge, cloud
+        for p in edge.parameters():
+            p.requires_grad_(False)
+        if cloud is not None:
             # Only the codec learns; the cloud's vision blocks and projector sit outside
             # cloud.model.
-            for p in [*self.cloud.model.parameters(), *self.cloud.vision.parameters()]:
+            for p in [*cloud.model.parameters(), *cloud.vision.parameters()]:
                 p.requires_grad_(False)
-            if run.gradient_checkpointing:
+            if gradient_checkpointing:
                 # transformers checkpoints only in training mode; the frozen LM has no dropout
                 # that training mode would switch on (llava-1.5's attention_dropout is 0).
-                self.cloud.model.gradient_checkpointing_enable(
+                cloud.model.gradient_checkpointing_enable(
                     gradient_checkpointing_kwargs={"use_reentrant": False})
-                self.cloud.model.train()
+                cloud.model.train()
 
     def autocast(self):
         if self.dtype == torch.float32:
