@@ -171,28 +171,62 @@ def codec_losses(codec, halves: FrozenHalves, x: torch.Tensor, batch: codec_data
     return loss, parts
 
 
+# Tokens whose moments give the PCA (the first images' tokens, all of them): a covariance of
+# D x D needs many more than D samples; 100,000 is 98 per dimension at CLIP-L's 1024.
+PCA_TOKENS = 100_000
+
+
 @torch.no_grad()
-def initialise(codec: AlignedVQ, halves: FrozenHalves, data, images: int,
+def initialise(codec: AlignedVQ, halves: FrozenHalves, make_batches, images: int,
                run: CodecTraining) -> float:
-    """k-means and PCA on at most ``init_tokens`` tokens drawn evenly from ``init_images``
-    images, or the weights of ``run.init_from``; returns the features' variance (the
-    reconstruction loss's scale), measured on those tokens either way."""
-    g = torch.Generator().manual_seed(run.seed)
-    per_image = None
-    picked = []
-    for batch in tqdm(data, desc="codec initialisation", unit="batch",
+    """The codec's starting point, in memory bounded by the settings, not the data:
+
+    1. the PCA from the mean and covariance of the aligned tokens of the first images (summed
+       moments: D x D numbers, whatever the number of tokens);
+    2. k-means on at most ``init_tokens`` tokens drawn evenly from ``images`` images, held
+       already down-projected (code_dim numbers each, not D).
+
+    With ``run.init_from`` the weights come from that codec instead. Returns the features'
+    variance over the initialisation images (the reconstruction loss's scale).
+    ``make_batches()`` gives a fresh pass over the initialisation images."""
+    d = codec.config.feature_dim
+    total = torch.zeros(d, dtype=torch.float64)
+    outer = torch.zeros(d, d, dtype=torch.float64)
+    seen, token_mean, token_log_std = 0, 0.0, 0.0
+    for batch in tqdm(make_batches(), desc="codec initialisation: PCA", unit="batch",
                       disable=not run.progress):
-        feats = halves.features(batch.pixels).cpu()
-        if per_image is None:
-            per_image = max(1, min(feats.shape[1], math.ceil(run.init_tokens / images)))
-        for image in feats:
-            picked.append(image[torch.randperm(len(image), generator=g)[:per_image]])
-    sample = torch.cat(picked)[:run.init_tokens]
+        flat = halves.features(batch.pixels).reshape(-1, d)
+        aligned, mean, log_std = codec.align(flat)
+        aligned = aligned.double().cpu()
+        total += aligned.sum(0)
+        outer += aligned.T @ aligned
+        token_mean += mean.sum().item()
+        token_log_std += log_std.sum().item()
+        seen += len(flat)
+        if seen >= PCA_TOKENS:
+            break
+    mu = total / seen
     if run.init_from is None:
-        codec.initialise(sample.to(halves.device), run.seed)
+        codec.set_projection(mu, outer / seen - torch.outer(mu, mu), token_mean / seen,
+                             token_log_std / seen)
+    per_image = max(1, math.ceil(run.init_tokens / images))
+    g = torch.Generator().manual_seed(run.seed)
+    projected, moments = [], torch.zeros(3, dtype=torch.float64)   # count, sum, sum of squares
+    for batch in tqdm(make_batches(), desc="codec initialisation: k-means sample",
+                      unit="batch", disable=not run.progress):
+        feats = halves.features(batch.pixels)
+        moments += torch.tensor([feats.numel(), feats.sum().item(), feats.pow(2).sum().item()],
+                                dtype=torch.float64)
+        if run.init_from is None:
+            for image in feats:
+                picks = torch.randperm(len(image), generator=g)[:per_image].to(image.device)
+                projected.append(codec.project(image[picks]))
+    if run.init_from is None:
+        codec.initialise_codebooks(torch.cat(projected)[:run.init_tokens], run.seed)
     else:
         codec.load_state_dict(warm_start(run.init_from, codec.config).state_dict())
-    return sample.var().item()
+    count, mean_sum, square_sum = moments.tolist()
+    return square_sum / count - (mean_sum / count) ** 2
 
 
 def warm_start(codec_dir: Path, config: CodecConfig) -> AlignedVQ:
@@ -308,7 +342,7 @@ def _train(run: CodecTraining, world: World) -> dict:
             init_set = torch.utils.data.Subset(samples, init_order)
             init_data = codec_data.loader(init_set, _chunks(len(init_set), per_process),
                                           run.workers, pad_id)
-            variance[0] = initialise(codec, halves, codec_data.batches(init_data),
+            variance[0] = initialise(codec, halves, lambda: codec_data.batches(init_data),
                                      len(init_set), run)
         world.broadcast_from_main(variance)
         variance = variance.item()

@@ -111,27 +111,29 @@ class AlignedVQ(nn.Module):
 
     # -- training -------------------------------------------------------------
     @torch.no_grad()
-    def initialise(self, feats: torch.Tensor, seed: int, kmeans_points: int = 200_000,
-                   kmeans_iters: int = 15) -> None:
-        """From features at the cut (N, T, D) or (N, D): the down-projection is the PCA of the
-        aligned features, each stage's codebook k-means on what the previous stages leave (so
-        no code starts dead)."""
-        from common.codec.kmeans import kmeans, nearest_in_chunks
-
-        flat = feats.reshape(-1, feats.shape[-1]).float()
-        g = torch.Generator().manual_seed(seed)
-        sample = flat[torch.randperm(len(flat), generator=g)[:kmeans_points]]
-        aligned, mean, log_std = self.align(sample)
-        mu = aligned.mean(0)
-        _, _, v = torch.linalg.svd(aligned[:50_000] - mu, full_matrices=False)
-        basis = v[:self.config.code_dim]                       # (c, D)
+    def set_projection(self, mu: torch.Tensor, covariance: torch.Tensor, token_mean: float,
+                       token_log_std: float) -> None:
+        """The down-projection as the PCA of the aligned features, from their mean (D,) and
+        covariance (D, D); the statistics head starts at the average token's mean and
+        log-std. Moments, not the features: they can be summed over any number of tokens."""
+        _, vectors = torch.linalg.eigh(covariance.double())   # eigenvalues ascending
+        basis = vectors[:, -self.config.code_dim:].flip(-1).T.to(self.down.weight)   # (c, D)
+        mu = mu.to(basis)
         self.down.weight.copy_(basis)
         self.down.bias.copy_(-basis @ mu)
         self.up.weight.copy_(basis.T)
         self.up.bias.copy_(mu)
         self.stats.weight.zero_()
-        self.stats.bias.copy_(torch.stack([mean.mean(), log_std.mean()]))
-        residual = self.down(aligned)
+        self.stats.bias.copy_(torch.tensor([token_mean, token_log_std]))
+
+    @torch.no_grad()
+    def initialise_codebooks(self, projected: torch.Tensor, seed: int,
+                             kmeans_iters: int = 15) -> None:
+        """Each stage's codebook k-means on what the previous stages leave of ``projected``
+        (tokens already through :meth:`project`), so no code starts dead."""
+        from common.codec.kmeans import kmeans, nearest_in_chunks
+
+        residual = projected
         for s in range(self.config.stages):
             book = kmeans(residual, self.config.codebook_size, kmeans_iters, seed + s)
             self.codebooks.data[s] = book
