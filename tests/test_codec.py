@@ -121,7 +121,7 @@ def test_train_codec_command_writes_a_codec_that_eval_uses(tmp_path):
     data = write_dataset(tmp_path / "data", 16, seed=7, progress=False)
     out = run_in_process(alignedvq, ["train-codec", "--dataset", data, "--bits", "4",
                                      "--stages", "2", "--steps", "2", "--batch", "4",
-                                     "--out", tmp_path / "codec"])
+                                     "--workers", "0", "--out", tmp_path / "codec"])
     assert out.returncode == 0, out.stderr
     meta = json.loads((tmp_path / "codec" / "codec.json").read_text())
     assert (meta["bits"], meta["stages"], meta["codebook_size"]) == (4, 2, 16)

@@ -158,7 +158,7 @@ class RecordingAnswerer:
 
 def test_questions_histories_suffix_and_batches(tmp_path, monkeypatch):
     answerer = RecordingAnswerer()
-    monkeypatch.setattr(evaluate_module, "_answerer", lambda *a: answerer)
+    monkeypatch.setattr(evaluate_module, "make_answerer", lambda *a: answerer)
     (tmp_path / "broken.png").write_bytes(b"not an image")
     convo = [{"from": "human", "value": "<image>\nq1"}, {"from": "gpt", "value": "a1"},
              {"from": "human", "value": "q2"}, {"from": "gpt", "value": "yes"},
@@ -186,7 +186,7 @@ def test_questions_histories_suffix_and_batches(tmp_path, monkeypatch):
 
 def test_limit_counts_questions_not_conversations(tmp_path, monkeypatch):
     answerer = RecordingAnswerer()
-    monkeypatch.setattr(evaluate_module, "_answerer", lambda *a: answerer)
+    monkeypatch.setattr(evaluate_module, "make_answerer", lambda *a: answerer)
     path = tmp_path / "l.json"
     path.write_text(json.dumps([{"id": 1, "image": str(SAMPLES_DIR / "images/sample0.png"),
                                  "conversations": [{"from": "human", "value": "q"},

@@ -65,7 +65,7 @@ class CodecTraining:
     init_images: int = 2048         # images the initialisation samples tokens from
     init_tokens: int = 200_000      # tokens k-means and the PCA see (bounds its memory)
     init_from: Path | None = None   # a codec to start from instead of k-means (fine-tuning)
-    held_out: int = 64              # samples kept out of training for the periodic evaluation
+    held_out: int | None = None     # samples kept out for the periodic evaluation (None: auto)
     eval_every: int = 250
     save_every: int = 250
     log_every: int = 50
@@ -297,10 +297,12 @@ def _train(run: CodecTraining, world: World) -> dict:
         raise ValueError(f"--batch {run.batch} does not divide among {world.size} processes")
     per_process = run.batch // world.size
     dataset = read_dataset(run.dataset, run.image_folder, run.max_images)
-    train_samples, held_samples = split_held_out(list(dataset), run.held_out, run.seed)
+    # By default 64 samples, or a tenth of a smaller dataset, so a small one still trains.
+    held_out = min(64, len(dataset) // 10) if run.held_out is None else run.held_out
+    train_samples, held_samples = split_held_out(list(dataset), held_out, run.seed)
     if not train_samples:
         raise DatasetError(f"{run.dataset}: no samples left for training after --held-out "
-                           f"{run.held_out}")
+                           f"{held_out}")
     out = Path(run.out)
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)

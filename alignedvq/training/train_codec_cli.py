@@ -48,8 +48,9 @@ def add_parser(sub) -> None:
     p.add_argument("--init-from", metavar="CODEC_DIR",
                    help="start from this codec's weights instead of k-means, to fine-tune it "
                         "(same checkpoint, split layer, bits, stages and code dimension)")
-    p.add_argument("--held-out", type=int, default=64,
-                   help="samples kept out of training for the periodic evaluation (0: none)")
+    p.add_argument("--held-out", type=int,
+                   help="samples kept out of training for the periodic evaluation (default: "
+                        "64, or a tenth of a smaller dataset; 0: none)")
     p.add_argument("--eval-every", type=int, default=250, help="held-out evaluation period")
     p.add_argument("--save-every", type=int, default=250,
                    help="checkpoint period in steps (OUT/checkpoint; removed when done)")
