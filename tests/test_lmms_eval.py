@@ -84,7 +84,7 @@ def eval_answers(split) -> list[str]:
 
     result = evaluate(DEFAULT_MODEL_DIR, split, limit=QUESTIONS, batch_size=BATCH,
                       progress=False, mode="alignedvq", codec_dir=DEFAULT_CODEC_DIR)
-    return [p["answer"] for p in result["predictions"]]
+    return [p["prediction"] for p in result["predictions"]]
 
 
 def worker_answers(split: Path, *flags: str) -> tuple[dict, list[dict]]:
