@@ -72,8 +72,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import torch
 
+    from alignedvq.training.host_memory import fix_mmap_threshold
     from alignedvq.training.train_codec import CodecTraining, train_codec
 
+    fix_mmap_threshold()  # before the first feature batch (host_memory.py says why)
     torch.set_num_threads(args.threads)
     settings = CodecTraining(
         model_dir=Path(args.model), dataset=Path(args.dataset), out=Path(args.out),
