@@ -193,7 +193,9 @@ def initialise(codec: AlignedVQ, halves: FrozenHalves, make_batches, images: int
     total = torch.zeros(d, dtype=torch.float64)
     outer = torch.zeros(d, d, dtype=torch.float64)
     seen, token_mean, token_log_std = 0, 0.0, 0.0
-    for batch in tqdm(make_batches(), desc="codec initialisation: PCA", unit="batch",
+    # A warm start keeps its own projection: only the loss scale is measured (second pass).
+    first_pass = make_batches() if run.init_from is None else ()
+    for batch in tqdm(first_pass, desc="codec initialisation: PCA", unit="batch",
                       disable=not run.progress):
         flat = halves.features(batch.pixels).reshape(-1, d)
         aligned, mean, log_std = codec.align(flat)
@@ -205,8 +207,8 @@ def initialise(codec: AlignedVQ, halves: FrozenHalves, make_batches, images: int
         seen += len(flat)
         if seen >= PCA_TOKENS:
             break
-    mu = total / seen
     if run.init_from is None:
+        mu = total / seen
         codec.set_projection(mu, outer / seen - torch.outer(mu, mu), token_mean / seen,
                              token_log_std / seen)
     per_image = max(1, math.ceil(run.init_tokens / images))
