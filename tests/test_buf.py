@@ -2,8 +2,8 @@
 rules: no field renumbered, retyped or renamed), so a v1 client keeps working.
 
 `buf breaking` runs against two baselines:
-- the released v1.0 contract, committed as a buf image (protos/released/alignedvq-v1.0.json),
-  which every clone has, shallow or not;
+- each released contract (v1.0, v1.1), committed as a buf image (protos/released/*.json), which
+  every clone has, shallow or not;
 - the previous commit's protos (and HEAD's, for edits not committed yet), read from git. A clone
   without that history (a shallow CI clone, a source tarball) skips this one with a reason in
   the summary; it never passes silently.
@@ -25,7 +25,7 @@ from common.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration  # the buf binary and git
 
-RELEASED = REPO_ROOT / "protos" / "released" / "alignedvq-v1.0.json"
+RELEASED = [REPO_ROOT / "protos" / "released" / f"alignedvq-{v}.json" for v in ("v1.0", "v1.1")]
 
 
 def buf_binary() -> str:
@@ -70,9 +70,10 @@ def test_buf_lint_passes(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_no_breaking_change_against_the_released_v1(tmp_path):
-    assert RELEASED.is_file(), f"{RELEASED} is missing: the baseline buf breaking needs"
-    result = buf("breaking", "--against", str(RELEASED), tmp_path=tmp_path)
+@pytest.mark.parametrize("released", RELEASED, ids=lambda p: p.stem)
+def test_no_breaking_change_against_the_released_v1(released, tmp_path):
+    assert released.is_file(), f"{released} is missing: the baseline buf breaking needs"
+    result = buf("breaking", "--against", str(released), tmp_path=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -90,7 +91,7 @@ def test_no_breaking_change_against_the_previous_commit(tmp_path):
                    if shutil.which("git") else "")
         pytest.skip(f"this clone has no previous commit to compare with (shallow clone: "
                     f"{shallow or 'not a git clone'}; compared with: {checked or 'nothing'}); "
-                    f"the released v1.0 baseline was still checked. `git fetch --deepen=1` "
+                    f"the released baselines were still checked. `git fetch --deepen=1` "
                     f"brings the history back")
 
 
@@ -104,7 +105,7 @@ def test_breaking_check_catches_a_retyped_field(tmp_path):
     assert "  uint32 bits = 5;" in text
     proto.write_text(text.replace("  uint32 bits = 5;", "  uint64 bits = 5;", 1))
     env = {**os.environ, "BUF_CACHE_DIR": str(tmp_path / "buf-cache")}
-    result = subprocess.run([buf_binary(), "breaking", "--against", str(RELEASED)], cwd=copy,
+    result = subprocess.run([buf_binary(), "breaking", "--against", str(RELEASED[-1])], cwd=copy,
                             capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode != 0
     assert 'changed type from "uint32" to "uint64"' in result.stdout, result.stdout
