@@ -12,7 +12,13 @@ from alignedvq.evaluation.evaluate import MAX_NEW_TOKENS, MODES, OLD_MODE_NAMES
 from alignedvq.evaluation.scoring import SCORERS
 from alignedvq.training.train_codec_cli import add_parser as add_train_codec_parser
 from common._runtime.torchvision_cpu import install_import_hook
-from common.paths import DEFAULT_CODEC_DIR, DEFAULT_EDGE_DIR, DEFAULT_MODEL_DIR
+from common.paths import (
+    DEFAULT_CODEC_DIR,
+    DEFAULT_EDGE_DIR,
+    DEFAULT_MODEL_DIR,
+    EARLY_EDGE_DIR,
+    shipped_edge_dir,
+)
 
 
 def _dataset(args) -> int:
@@ -141,6 +147,8 @@ def _export_edge(args) -> int:
     from alignedvq.edge_export import EdgeExportError, export_edge
     from common.codec.aligned_vq import CodecMismatchError
 
+    if args.out is None:
+        args.out = str(shipped_edge_dir(Path(args.codec)))
     try:
         spec = export_edge(Path(args.model), Path(args.codec), Path(args.out), args.split_layer)
     except (EdgeExportError, CodecMismatchError, FileNotFoundError, ValueError) as e:
@@ -261,10 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
                    help="local checkpoint (only its vision weights are read)")
     p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR), help="AlignedVQ codec folder")
-    p.add_argument("--out", default=str(DEFAULT_EDGE_DIR),
-                   help="output folder (default: where edge-agent --runtime onnx looks)")
+    p.add_argument("--out",
+                   help="output folder (default: where edge-agent --runtime onnx looks for a "
+                        f"shipped codec's export: {DEFAULT_EDGE_DIR.name} for the default "
+                        f"codec, {EARLY_EDGE_DIR.name} for the early-split one)")
     p.add_argument("--split-layer", type=int,
-                   help="the cut, as for edge-agent (default: the model's feature layer)")
+                   help="the cut, as for edge-agent (default: where the codec was trained)")
     p.set_defaults(func=_export_edge)
 
     p = sub.add_parser("compare-edges",

@@ -4,6 +4,7 @@ request payloads -> feature decoding -> vision blocks [K, F) -> projector -> lan
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -18,10 +19,11 @@ class CloudHalf(ProjectorHalf):
 
     load_processor = staticmethod(load_chat_processor)
 
-    def __init__(self, model_dir: str | Path, codec_dir: str | Path | None = None,
+    def __init__(self, model_dir: str | Path, codecs: Sequence[str | Path] | str | Path | None = (),
                  split_layer: int | None = None, device: str = "cpu",
-                 dtype: torch.dtype = torch.float32, vision_fingerprint: str | None = None):
-        super().__init__(model_dir, codec_dir, split_layer, device, dtype, vision_fingerprint)
+                 dtype: torch.dtype = torch.float32,
+                 vision_fingerprints: dict[int, str] | None = None):
+        super().__init__(model_dir, codecs, split_layer, device, dtype, vision_fingerprints)
         self.model = load_language_model(model_dir, device, dtype)
 
     def prompt(self, question: str, history=()) -> str:

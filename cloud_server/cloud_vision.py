@@ -16,7 +16,11 @@ from common.split.weights import read_projector_tensors, read_vision_tensors
 class CloudVision(nn.Module):
     """The cloud's share of the vision side: blocks ``[K, F)`` (none when the cut is the feature
     layer), the CLS rule, and LLaVA's projector. Features at the cut in, image embeddings (what
-    ``get_image_features`` returns) out."""
+    ``get_image_features`` returns) out.
+
+    ``split`` is the earliest cut served; a request cut later (a server serving several split
+    points, cloud_server/split_points.py) starts at its own block of the same ``layers``, so
+    each block is held once however many split points are served."""
 
     def __init__(self, split: SplitPoint, layers: nn.ModuleList, projector: nn.Module):
         super().__init__()
@@ -47,10 +51,16 @@ class CloudVision(nn.Module):
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
         return vision.to(device=device, dtype=dtype).eval()
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, split: SplitPoint | None = None) -> torch.Tensor:
+        """``split``: where ``features`` were cut (default: the earliest cut, :attr:`split`)."""
+        split = split or self.split
+        skip = split.split_layer - self.split.split_layer
+        if not 0 <= skip <= len(self.layers):
+            raise SplitError(f"features cut at layer {split.split_layer}; this cloud holds the "
+                             f"blocks from {self.split.split_layer} to {split.feature_layer}")
         h = features.to(next(self.projector.parameters()).dtype)
-        for layer in self.layers:
+        for layer in self.layers[skip:]:
             h = layer(h, None)
-        if self.split.cloud_drops_cls:
+        if split.cloud_drops_cls:
             h = h[:, 1:]
         return self.projector(h)

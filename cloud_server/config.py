@@ -8,7 +8,7 @@ import os
 
 from pydantic import BaseModel, Field
 
-from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
+from common.paths import DEFAULT_MODEL_DIR, SHIPPED_CODEC_DIRS
 from common.split.checkpoint import default_device
 
 ENV_PREFIX = "ALIGNEDVQ_"
@@ -19,10 +19,18 @@ class ServerConfig(BaseModel):
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one)")
     model: str = Field(str(DEFAULT_MODEL_DIR),
                        description="local HF LLaVA checkpoint; default: the embedded model")
-    codec: str = Field(str(DEFAULT_CODEC_DIR),
-                       description="AlignedVQ codec trained for that model; default: shipped")
-    split_layer: int | None = Field(None, description="vision block whose output crosses; "
-                                    "default: the model's feature layer (must match the codec)")
+    codec: list[str] = Field(
+        [str(d) for d in SHIPPED_CODEC_DIRS],
+        json_schema_extra={"repeatable": True},
+        description="AlignedVQ codec folder trained for that model, served at the split layer "
+        "its codec.json records; repeat the flag to serve several split points (the env "
+        "variable takes a list separated by ':'); 'none' serves fp16/int8 features only. "
+        "Default: the shipped codecs (split layers 4 and 1 of the embedded model)")
+    split_layer: int | None = Field(None, description="the default split point (the one a "
+                                    "client that names none is served): one of the codecs' "
+                                    "split layers; default: the first codec's. Without a codec, "
+                                    "where fp16/int8 features are cut (default: the model's "
+                                    "feature layer)")
     engine: str = Field("builtin", pattern="^(builtin|vllm)$",
                         json_schema_extra={"choices": ["builtin", "vllm"]},
                         description="what generates the text: builtin (transformers and this "
@@ -99,16 +107,29 @@ class ServerConfig(BaseModel):
         for name, field in cls.model_fields.items():
             flag = "--" + name.replace("_", "-")
             env = os.environ.get(ENV_PREFIX + name.upper())
-            choices = (field.json_schema_extra or {}).get("choices")
-            parser.add_argument(flag, default=env if env is not None else field.default,
-                                choices=choices,
-                                help=f"{field.description} (env {ENV_PREFIX}{name.upper()}; "
-                                     f"default {field.default})")
+            extra = field.json_schema_extra or {}
+            default = env if env is not None else field.default
+            shown = (" ".join(map(str, field.default)) if extra.get("repeatable")
+                     else field.default)
+            help = f"{field.description} (env {ENV_PREFIX}{name.upper()}; default {shown})"
+            if extra.get("repeatable"):
+                # Given flags replace the default list instead of adding to it (argparse's
+                # append would extend the default); from_args fills it in when none is given.
+                values = default.split(os.pathsep) if isinstance(default, str) else default
+                parser.add_argument(flag, action="append", default=None, help=help)
+                parser.set_defaults(**{f"{name}_default": values})
+                continue
+            parser.add_argument(flag, default=default, choices=extra.get("choices"), help=help)
         return parser
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "ServerConfig":
         values = vars(cls.build_parser().parse_args(argv))
+        for name, field in cls.model_fields.items():
+            if (field.json_schema_extra or {}).get("repeatable"):
+                given = values.pop(name) or values[f"{name}_default"]
+                values[name] = [v for v in given if v and v.lower() != "none"]
+            values.pop(f"{name}_default", None)
         values = {k: v for k, v in values.items() if v is not None and v != "None"}
         return cls(**values)
 

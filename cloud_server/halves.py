@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from cloud_server.split_points import ServedSplit
 from common.codec.aligned_vq import AlignedVQ
 from common.codec.encodings import FeatureEncoding
 from common.split.point import SplitPoint
@@ -34,8 +35,17 @@ class CloudPreparer(Protocol):
     device: torch.device      # where its vision blocks and projector run
     dtype: torch.dtype
 
-    def decode(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
+    # Every split point served, by split layer (cloud_server/split_points.py); the fields above
+    # describe the default one, which ``split_layer=None`` below means.
+    points: dict[int, ServedSplit]
+
+    def point(self, split_layer: int | None = None) -> ServedSplit:
+        """The split point at ``split_layer``; KeyError when it is not served."""
+
+    def decode(self, mode: str, chunks: list[bytes],
+               split_layer: int | None = None) -> torch.Tensor:
         """One request's chunk payloads -> features at the cut (T, D); PayloadError if bad."""
 
-    def image_embeddings(self, features: torch.Tensor) -> torch.Tensor:
+    def image_embeddings(self, features: torch.Tensor,
+                         split_layer: int | None = None) -> torch.Tensor:
         """Features at the cut (B, T, D) -> LLaVA image embeddings (B, image_tokens, hidden)."""

@@ -24,8 +24,10 @@ class Preparer:
         self.model, self.max_image_pixels = model, max_image_pixels
 
     # -- what the servicer hands the engine: the work, deferred to the engine's thread ------
-    def from_codes(self, mode: str, chunks: list[bytes]) -> Callable[[], torch.Tensor]:
-        return functools.partial(self.codes_embeddings, mode, chunks)
+    def from_codes(self, mode: str, chunks: list[bytes],
+                   split_layer: int | None = None) -> Callable[[], torch.Tensor]:
+        """``split_layer``: the split point the chunks were cut at (None: the default one)."""
+        return functools.partial(self.codes_embeddings, mode, chunks, split_layer)
 
     def from_image(self, data: bytes,
                    max_pixels: int | None = None) -> Callable[[], torch.Tensor]:
@@ -47,13 +49,14 @@ class Preparer:
 
     # -- payload -> image embeddings (image_tokens, text_hidden_size) ----------------------
     @torch.inference_mode()
-    def codes_embeddings(self, mode: str, chunks: list[bytes]) -> torch.Tensor:
+    def codes_embeddings(self, mode: str, chunks: list[bytes],
+                         split_layer: int | None = None) -> torch.Tensor:
         cloud = self.model.cloud
         try:
-            features = cloud.decode(mode, chunks)
+            features = cloud.decode(mode, chunks, split_layer)
         except PayloadError as e:
             raise InvalidRequest(str(e)) from None
-        return cloud.image_embeddings(features[None])[0]
+        return cloud.image_embeddings(features[None], split_layer)[0]
 
     @torch.inference_mode()
     def image_embeddings(self, data: bytes, max_pixels: int) -> torch.Tensor:
@@ -66,5 +69,6 @@ class Preparer:
             image = load_model_input(data, processor_size(processor), max_pixels)
         except ImageRefused as e:
             raise InvalidRequest(f"{e}; send JPEG or PNG bytes") from None
-        features = features_at_cut(self.model.vision, processor, [image])
-        return self.model.cloud.image_embeddings(features)[0]
+        vision = self.model.vision
+        features = features_at_cut(vision, processor, [image])
+        return self.model.cloud.image_embeddings(features, vision.split.split_layer)[0]

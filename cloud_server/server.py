@@ -28,6 +28,7 @@ from cloud_server.logs import configure as configure_logging
 from cloud_server.metrics import Metrics
 from cloud_server.security import SecurityConfigError, ServerSecurity
 from cloud_server.service import Backend, InferenceService
+from cloud_server.split_points import describe_points
 from common._runtime.fast_exit import exit_now
 
 log = logging.getLogger("cloud_server")
@@ -143,9 +144,9 @@ class Running:
         self.built.metrics.watch(self.engine)
         self.built.service.serve_with(backend)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s (codec %s) on %s with the %s engine", backend.model.cloud.model_id,
-                 backend.model.cloud.codec_fingerprint or "none", self.config.resolved_device(),
-                 self.engine.name)
+        cloud = backend.model.cloud
+        log.info("serving %s at split layers %s on %s with the %s engine", cloud.model_id,
+                 describe_points(cloud.points), self.config.resolved_device(), self.engine.name)
         print("cloud-server ready", flush=True)
 
     async def _drain(self) -> None:

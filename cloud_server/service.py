@@ -66,6 +66,12 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         backend = self._ready()
         return server_info(backend.model, backend.config)
 
+    async def ProbeLink(self, request, context):
+        # An edge measuring its link (edge_agent/link.py): counted, logged only when refused.
+        call = current_call()
+        call.log_ok = False  # no model needed: it answers while the model is still loading
+        return pb.ProbeLinkResponse(received_bytes=call.received)
+
     async def AnswerFromCodes(self, request_iterator, context):
         call = current_call()
         backend = self._ready()
@@ -78,10 +84,10 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
                 reader.feed(message)
                 call.mode = reader.mode
             request, chunks = reader.finish()
-            generation = self._start(backend, call, request,
-                                     backend.preparer.from_codes(request.mode, chunks), arrival)
+            prepare = backend.preparer.from_codes(request.mode, chunks, request.split_layer)
+            generation = self._start(backend, call, request, prepare, arrival)
             async for response in self._respond(backend, call, generation,
-                                                pb.AnswerFromCodesResponse):
+                                                pb.AnswerFromCodesResponse, request.split_layer):
                 yield response
 
     async def AnswerFromImage(self, request, context):
@@ -104,7 +110,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         return backend.engine.generate(GenerationRequest(
             call.request_id, request.question, request.max_new_tokens, prepare, arrival))
 
-    async def _respond(self, backend: Backend, call: Call, generation, response_type):
+    async def _respond(self, backend: Backend, call: Call, generation, response_type,
+                       split_layer: int | None = None):
         """The engine's text deltas as responses, then the summary. The first item is awaited
         before anything is sent, so the engine's refusal (Overloaded, ShuttingDown) leaves this
         call as its status code at once. Leaving early (client gone, deadline, error) closes the
@@ -115,7 +122,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
                 async with asyncio.timeout(timeout):
                     async for item in generation:
                         if isinstance(item, Finished):
-                            yield response_type(summary=self._summary(backend, call, item))
+                            yield response_type(summary=self._summary(backend, call, item,
+                                                                      split_layer))
                             return
                         if call.first_token is None:
                             call.first_token = time.perf_counter()
@@ -126,19 +134,22 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
                                        f"{timeout:g} s limit (--request-timeout-seconds); retry "
                                        f"later or ask for fewer tokens") from None
 
-    def _summary(self, backend: Backend, call: Call, result: Finished) -> pb.AnswerSummary:
+    def _summary(self, backend: Backend, call: Call, result: Finished,
+                 split_layer: int | None) -> pb.AnswerSummary:
+        """``split_layer``: where a codes request was cut (None for an upload): its codec is the
+        one reported."""
         self.metrics.tokens.inc(result.tokens)
         if result.generate_ms > 0:
             self.metrics.tokens_per_second.observe(result.tokens / (result.generate_ms / 1000))
         call.done(grpc.StatusCode.OK, repr(result.text), tokens=result.tokens,
                   batch_size=result.batch_size, queue_ms=round(result.queue_ms, 2),
                   generate_ms=round(result.generate_ms, 2))
+        codec = backend.model.cloud.point(split_layer).codec_fingerprint
         return pb.AnswerSummary(
             payload_bytes=call.received, decode_ms=result.prepare_ms, queue_ms=result.queue_ms,
             generate_ms=result.generate_ms, tokens_generated=result.tokens,
-            model_id=backend.model.cloud.model_id,
-            codec_fingerprint=backend.model.cloud.codec_fingerprint, answer=result.text,
+            model_id=backend.model.cloud.model_id, codec_fingerprint=codec, answer=result.text,
             batch_size=result.batch_size, request_id=call.request_id,
-            codec_fingerprint_bytes=bytes.fromhex(backend.model.cloud.codec_fingerprint),
-            prepare_ms=result.prepare_ms)
+            codec_fingerprint_bytes=bytes.fromhex(codec), prepare_ms=result.prepare_ms,
+            split_layer=split_layer)
 

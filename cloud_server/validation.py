@@ -12,6 +12,7 @@ from alignedvq.v1 import inference_pb2 as pb
 from cloud_server.config import ServerConfig
 from cloud_server.errors import Incompatible, InvalidRequest
 from cloud_server.loader import CloudModel
+from cloud_server.split_points import ServedSplit, describe_points
 from common.codec.encodings import mode_of_wire
 from common.wire.messages import fingerprint_bytes
 from common.wire.modes import ALIGNEDVQ, FEATURE_MODES, IMAGE_MODE
@@ -23,6 +24,7 @@ class Validated:
     question: str
     max_new_tokens: int   # the client's, or the server's default; never over the limit
     stages: int = 1       # chunks that must follow a codes header
+    split_layer: int | None = None  # the split point a codes request was cut at; None: image
 
 
 class RequestValidator:
@@ -37,34 +39,53 @@ class RequestValidator:
     def codes_header(self, header: pb.CodesHeader) -> Validated:
         """Refuses anything this server cannot decode."""
         c = self.model.cloud
-        if header.vision_fingerprint != fingerprint_bytes(c.vision_fingerprint):
-            raise Incompatible(f"the request was encoded by vision weights "
-                               f"{header.vision_fingerprint.hex() or '(none)'}, this server runs "
-                               f"{c.vision_fingerprint[:16]} (model {c.model_id}, split layer "
-                               f"{c.split.split_layer})")
+        point = self._split_point(header)
         mode = mode_of_wire(header.encoding)
         if mode is None:
             raise InvalidRequest(f"unknown feature encoding {header.encoding}; expected one of "
                                  f"{', '.join(FEATURE_MODES)} (FeatureEncoding 1-3)")
-        if header.tokens != c.tokens:
-            raise InvalidRequest(f"header says {header.tokens} tokens; this model's split sends "
-                                 f"{c.tokens}")
+        if header.tokens != point.tokens:
+            raise InvalidRequest(f"header says {header.tokens} tokens; this model's split at "
+                                 f"layer {point.split_layer} sends {point.tokens}")
         stages = 1
         if mode == ALIGNEDVQ:
-            if c.codec is None:
-                raise Incompatible("this server runs without a codec; send fp16/int8 features "
-                                   "or an image")
-            if header.codec_fingerprint != fingerprint_bytes(c.codec_fingerprint):
+            if point.codec is None:
+                raise Incompatible(f"this server runs without a codec at split layer "
+                                   f"{point.split_layer}; send fp16/int8 features or an image")
+            if header.codec_fingerprint != fingerprint_bytes(point.codec_fingerprint):
                 raise Incompatible(f"the request was encoded with codec "
                                    f"{header.codec_fingerprint.hex() or '(none)'}, this server "
-                                   f"decodes codec {c.codec_fingerprint}")
-            cfg = c.codec.config
+                                   f"decodes codec {point.codec_fingerprint} at split layer "
+                                   f"{point.split_layer} (it serves split layers "
+                                   f"{describe_points(c.points)})")
+            cfg = point.codec.config
             if (header.bits, header.stages) != (cfg.bits, cfg.stages):
                 raise InvalidRequest(f"header says {header.bits} bits x {header.stages} stages; "
                                      f"the codec uses {cfg.bits} bits x {cfg.stages} stages")
             stages = header.stages
         return Validated(mode, self._question(header.question),
-                         self._max_new_tokens(header.generation), stages)
+                         self._max_new_tokens(header.generation), stages, point.split_layer)
+
+    def _split_point(self, header: pb.CodesHeader) -> ServedSplit:
+        """The split point the header names (v1.2), or else the one whose vision fingerprint it
+        carries (an older client: it knows only the fingerprint), else the default one, whose
+        fingerprint check then refuses it."""
+        c = self.model.cloud
+        if header.HasField("split_layer"):
+            point = c.points.get(header.split_layer)
+            if point is None:
+                raise Incompatible(f"the request was cut at split layer {header.split_layer}; "
+                                   f"this server serves split layers {describe_points(c.points)}")
+        else:
+            point = next((p for p in c.points.values()
+                          if header.vision_fingerprint == fingerprint_bytes(p.vision_fingerprint)),
+                         c.default_point)
+        if header.vision_fingerprint != fingerprint_bytes(point.vision_fingerprint):
+            raise Incompatible(f"the request was encoded by vision weights "
+                               f"{header.vision_fingerprint.hex() or '(none)'}, this server runs "
+                               f"{point.vision_fingerprint[:16]} (model {c.model_id}, split layer "
+                               f"{point.split_layer})")
+        return point
 
     def _question(self, question: str) -> str:
         if not question.strip():

@@ -1,7 +1,9 @@
 """``edge-agent``: ask the cloud server a question about an image.
 
 ``--mode alignedvq`` (default) runs the vision tower and the codec here and sends only packed
-codebook indices; ``--mode image`` uploads the image as JPEG (the cloud-only baseline).
+codebook indices; ``--mode image`` uploads the image as JPEG (the cloud-only baseline);
+``--mode auto`` takes, per request, whichever of those is predicted to answer first, at any
+split point the server serves that this edge has a codec for (edge_agent/auto.py).
 
 ``--runtime torch`` (default) runs the edge half with PyTorch; ``--runtime onnx`` runs the graph
 ``alignedvq export-edge`` wrote, with ONNX Runtime, and imports neither torch nor transformers.
@@ -24,7 +26,7 @@ import argparse
 import base64
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -39,9 +41,16 @@ from common.imaging.policy import (
     checkpoint_image_size,
     load_model_input,
 )
-from common.paths import DEFAULT_CODEC_DIR, DEFAULT_EDGE_DIR, DEFAULT_MODEL_DIR
+from common.paths import (
+    DEFAULT_CODEC_DIR,
+    DEFAULT_EDGE_DIR,
+    DEFAULT_MODEL_DIR,
+    SHIPPED_CODEC_DIRS,
+    SHIPPED_EDGE_DIRS,
+)
 from common.wire.channels import channel, grpc_target
 from common.wire.modes import ALIGNEDVQ, EDGE_MODES, FEATURE_MODES, IMAGE_MODE
+from edge_agent.auto import AutoAsker, AutoCache, AutoChoice, EdgeCodec, default_cache_path
 from common.wire.request_ids import METADATA_KEY, is_valid, new_request_id
 from edge_agent.client import (
     IncompatibleServer,
@@ -64,6 +73,8 @@ TLS_HINT = ("edge-agent: the server refused the connection (TLS handshake): a TL
 # AnswerFromImage.
 METHODS = {**{mode: "/alignedvq.v1.InferenceService/AnswerFromCodes" for mode in FEATURE_MODES},
            IMAGE_MODE: "/alignedvq.v1.InferenceService/AnswerFromImage"}
+AUTO = "auto"
+MODES = (*EDGE_MODES, AUTO)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,21 +102,36 @@ def build_parser() -> argparse.ArgumentParser:
                         "in --server)")
     p.add_argument("--auth-token-file", metavar="FILE",
                    help="send the file's first token as 'authorization: Bearer <token>'")
-    p.add_argument("--mode", choices=EDGE_MODES, default=EDGE_MODES[0],
+    p.add_argument("--mode", choices=MODES, default=MODES[0],
                    help="alignedvq: send codebook indices (default); image: upload a JPEG; "
-                        "fp16/int8: send raw split features (baselines)")
+                        "fp16/int8: send raw split features (baselines); auto: per request, "
+                        "the upload or codes at any split point served, whichever is predicted "
+                        "to answer first (learns this edge's compute, the link and the "
+                        "server's times; --auto-cache)")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                    help="torch: PyTorch + transformers (default); onnx: the exported graph on "
-                        "ONNX Runtime, no torch needed (--mode alignedvq only)")
-    p.add_argument("--onnx-dir", default=str(DEFAULT_EDGE_DIR),
-                   help="--runtime onnx: the folder `alignedvq export-edge --out` wrote "
-                        "(edge.onnx + edge.json)")
+                        "ONNX Runtime, no torch needed (--mode alignedvq or auto)")
+    p.add_argument("--onnx-dir", action="append",
+                   help="--runtime onnx: a folder `alignedvq export-edge --out` wrote "
+                        "(edge.onnx + edge.json); repeat for --mode auto, one per split point "
+                        f"(default: {DEFAULT_EDGE_DIR.name}; auto: those of "
+                        f"{', '.join(d.name for d in SHIPPED_EDGE_DIRS)} exported)")
     p.add_argument("--threads", type=int, default=0,
                    help="--runtime onnx: ONNX Runtime intra-op threads (0 = its default)")
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR),
                    help="local checkpoint; the edge reads only its vision weights")
-    p.add_argument("--codec", default=str(DEFAULT_CODEC_DIR), help="AlignedVQ codec folder")
-    p.add_argument("--split-layer", type=int, help="must match the server's (GetServerInfo)")
+    p.add_argument("--codec", action="append",
+                   help="AlignedVQ codec folder; the edge cuts where it was trained. Repeat for "
+                        f"--mode auto, one per split point (default: {DEFAULT_CODEC_DIR.name}; "
+                        f"auto: {', '.join(d.name for d in SHIPPED_CODEC_DIRS)})")
+    p.add_argument("--auto-cache", metavar="FILE", default=str(default_cache_path()),
+                   help="--mode auto: where it keeps what it measured (edge compute per "
+                        "encoder; per server its split points, link and times); 'none' keeps "
+                        "nothing (every request probes and profiles)")
+    p.add_argument("--split-layer", type=int,
+                   help="where to cut; default: where --codec was trained (its codec.json), "
+                        "which a different value is refused against (fp16/int8: default the "
+                        "model's feature layer)")
     p.add_argument("--check-server", action="store_true",
                    help="feature modes: ask GetServerInfo first and refuse an incompatible "
                         "server before encoding (two RPCs; default: one, AnswerFromCodes, whose "
@@ -151,6 +177,7 @@ class Session:
     stub: pb_grpc.InferenceServiceStub
     retry: Retrying
     metadata: tuple
+    codecs: list[EdgeCodec] = field(default_factory=list)  # --mode auto's encoders
 
 
 def _rpc_hint(error: grpc.RpcError, session: Session | None) -> str | None:
@@ -205,9 +232,24 @@ def exit_for(error: Exception, session: Session | None) -> int | None:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    if args.runtime == "onnx" and args.mode != ALIGNEDVQ:
+    if args.runtime == "onnx" and args.mode not in (ALIGNEDVQ, AUTO):
         raise BadInput(f"--runtime onnx sends codebook indices only "
                        f"(--mode alignedvq), not --mode {args.mode}")
+    auto = args.mode == AUTO
+    args.codec = args.codec or [str(d) for d in (SHIPPED_CODEC_DIRS if auto
+                                                 else [DEFAULT_CODEC_DIR])]
+    # auto: the shipped split points this edge has exported (none exported: the default's, so
+    # the error says how to export it).
+    exported = [str(d) for d in SHIPPED_EDGE_DIRS if (d / "edge.json").is_file()]
+    args.onnx_dir = args.onnx_dir or (exported if auto and exported else [str(DEFAULT_EDGE_DIR)])
+    if not auto:
+        for flag, given in (("--codec", args.codec), ("--onnx-dir", args.onnx_dir)):
+            if len(given) > 1:
+                raise BadInput(f"{flag} was given {len(given)} times; only --mode auto chooses "
+                               f"among several split points")
+        args.codec, args.onnx_dir = args.codec[0], args.onnx_dir[0]
+    elif args.split_layer is not None:
+        raise BadInput("--mode auto cuts where each codec was trained; leave --split-layer out")
     return args
 
 
@@ -227,15 +269,54 @@ def load_onnx_edge(onnx_dir: str, threads: int = 0):
         raise BadInput(f"cannot load the ONNX edge in {onnx_dir}: {e}") from e
 
 
-def load_torch_edge(args: argparse.Namespace):
+def load_torch_edge(args: argparse.Namespace, codec: str | None = None):
+    """The torch edge for ``args.mode`` (``--mode auto``: the codes edge of ``codec``)."""
     import torch
 
+    from common.codec.aligned_vq import CodecMismatchError
     from common.split.checkpoint import default_device
+    from common.split.point import SplitError
     from edge_agent.torch_edge import EdgeHalf
 
     device = default_device() if args.device == "auto" else args.device
-    return EdgeHalf(args.model, args.codec if args.mode == ALIGNEDVQ else None, args.mode,
-                    args.split_layer, device, getattr(torch, args.dtype))
+    mode = ALIGNEDVQ if codec else args.mode
+    try:
+        return EdgeHalf(args.model, (codec or args.codec) if mode == ALIGNEDVQ else None, mode,
+                        args.split_layer, device, getattr(torch, args.dtype))
+    except (CodecMismatchError, SplitError) as e:  # a --split-layer or --codec that cannot be
+        raise BadInput(str(e)) from e
+
+
+def auto_codecs(args: argparse.Namespace) -> list[EdgeCodec]:
+    """``--mode auto``'s encoders, one per split point, known from their files (codec.json or
+    edge.json); each loads when first used."""
+    from edge_agent.edge_spec import EdgeExportMissing, EdgeSpec
+
+    codecs = []
+    if args.runtime == "onnx":
+        for folder in args.onnx_dir:
+            try:
+                spec = EdgeSpec.load(Path(folder))
+            except EdgeExportMissing as e:
+                raise BadInput(str(e)) from e
+            codecs.append(EdgeCodec(
+                spec.split_layer, spec.vision_fingerprint, spec.codec_fingerprint, spec.tokens,
+                spec.bits, spec.stages, f"onnx|threads={args.threads}|{Path(folder).resolve()}|"
+                f"{spec.codec_fingerprint}",
+                lambda folder=folder: load_onnx_edge(folder, args.threads)))
+        return codecs
+    for folder in args.codec:
+        config = Path(folder) / "codec.json"
+        if not config.is_file():
+            raise BadInput(f"no codec at {folder} (expected codec.json, as `alignedvq "
+                           f"train-codec` writes it)")
+        meta = json.loads(config.read_text())
+        codecs.append(EdgeCodec(
+            meta["split_layer"], meta["vision_fingerprint"], meta["fingerprint"], meta["tokens"],
+            meta["bits"], meta["stages"],
+            f"torch|{args.device}|{args.dtype}|{meta['fingerprint']}",
+            lambda folder=folder: load_torch_edge(args, folder)))
+    return codecs
 
 
 def build_image(args: argparse.Namespace, onnx_edge):
@@ -246,7 +327,12 @@ def build_image(args: argparse.Namespace, onnx_edge):
         check_image(args.image, args.max_image_pixels)
         return None
     # The ONNX edge knows its input size from its sidecar: a device needs no checkpoint.
-    size = onnx_edge.image_size if onnx_edge else checkpoint_image_size(args.model)
+    if onnx_edge is None and args.runtime == "onnx":  # --mode auto: its graphs load when used
+        from edge_agent.edge_spec import EdgeSpec
+
+        size = EdgeSpec.load(Path(args.onnx_dir[0])).image_size
+    else:
+        size = onnx_edge.image_size if onnx_edge else checkpoint_image_size(args.model)
     return load_model_input(args.image, size, args.max_image_pixels)
 
 
@@ -271,16 +357,20 @@ def build_call(args: argparse.Namespace):
 
 
 def build(args: argparse.Namespace) -> Session:
-    # The ONNX edge loads before anything goes on the wire, so a missing export fails fast.
-    onnx_edge = load_onnx_edge(args.onnx_dir, args.threads) if args.runtime == "onnx" else None
+    # The ONNX edge loads before anything goes on the wire, so a missing export fails fast
+    # (--mode auto reads each one's sidecar now and loads the graph it uses).
+    auto = args.mode == AUTO
+    onnx_edge = (load_onnx_edge(args.onnx_dir, args.threads)
+                 if args.runtime == "onnx" and not auto else None)
     try:
+        codecs = auto_codecs(args) if auto else []
         image = build_image(args, onnx_edge)
         ch, stub, retry, metadata = build_call(args)
     except ImageRefused:
         raise
-    except (OSError, ValueError) as e:  # bad flags or files; later ones would be bugs
+    except (OSError, ValueError, KeyError) as e:  # bad flags or files; later ones would be bugs
         raise BadInput(str(e)) from e
-    return Session(args, image, onnx_edge, ch, stub, retry, metadata)
+    return Session(args, image, onnx_edge, ch, stub, retry, metadata, codecs)
 
 
 # --- ask -------------------------------------------------------------------------------------
@@ -288,6 +378,13 @@ def build(args: argparse.Namespace) -> Session:
 def ask(s: Session) -> Result:
     args = s.args
     stream = (lambda t: None) if args.json else (lambda t: print(t, end="", flush=True))
+    if args.mode == AUTO:
+        cache = AutoCache(None if args.auto_cache.lower() == "none" else Path(args.auto_cache))
+        asker = AutoAsker(s.stub, args.server, s.codecs, cache, s.metadata, s.retry,
+                          args.jpeg_quality)
+        result, choice = asker.ask(s.image, args.question, args.max_new_tokens, stream)
+        result.auto = choice.as_json()
+        return result
     if args.mode == IMAGE_MODE:
         info = server_info(s.stub, metadata=s.metadata, retry=s.retry)
         image = load_model_input(args.image, info.image_size, args.max_image_pixels)
@@ -310,14 +407,16 @@ def ask(s: Session) -> Result:
 def report(args: argparse.Namespace, result: Result) -> None:
     if args.dump_payload:
         Path(args.dump_payload).write_text(json.dumps({
-            "method": METHODS[args.mode],
+            "method": METHODS[result.mode],
             "messages_base64": [base64.b64encode(m).decode() for m in result.messages]}))
     if args.json:
         print(json.dumps(result.as_json()))
     else:
-        print(f"\n[{result.mode}: {result.payload_bytes} B sent, edge {result.edge_ms:.0f} ms, "
-              f"network {result.network_ms:.0f} ms, cloud {result.cloud_ms:.0f} ms, "
-              f"total {result.total_ms:.0f} ms]", file=sys.stderr)
+        chosen = (f" (auto: {result.auto['path']}, predicted {result.auto['predicted_ms']:.0f} ms)"
+                  if result.auto else "")
+        print(f"\n[{result.mode}{chosen}: {result.payload_bytes} B sent, edge "
+              f"{result.edge_ms:.0f} ms, network {result.network_ms:.0f} ms, cloud "
+              f"{result.cloud_ms:.0f} ms, total {result.total_ms:.0f} ms]", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,24 +37,47 @@ class Result:
     model_id: str = ""
     request_id: str = ""
     batch_size: int = 0
+    split_layer: int | None = None  # where the server says it cut (None: an upload)
     messages: list[bytes] = field(default_factory=list, repr=False)
+    auto: dict | None = None  # --mode auto: the path taken and the predictions (AutoChoice)
 
     def as_json(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k != "messages"}
-        return {k: round(v, 2) if isinstance(v, float) else v for k, v in d.items()}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("messages", "auto")}
+        d = {k: round(v, 2) if isinstance(v, float) else v for k, v in d.items()}
+        return {**d, **(self.auto or {})}
+
+
+def served_points(info: pb.GetServerInfoResponse) -> list[pb.SplitPoint]:
+    """The split points a server decodes, the default first: its ``split_points`` (v1.2), or
+    for an older server the one its top-level fields describe."""
+    if info.split_points:
+        return list(info.split_points)
+    return [pb.SplitPoint(split_layer=info.split_layer, vision_fingerprint=info.vision_fingerprint,
+                          codec_fingerprint=info.codec_fingerprint,
+                          codebook_size=info.codebook_size, bits=info.bits, stages=info.stages,
+                          tokens=info.tokens, cls_included=info.cls_included,
+                          encodings=info.encodings)]
 
 
 def check_compatible(info: pb.GetServerInfoResponse, edge: EdgeEncoder) -> None:
-    """Refuse locally, before encoding anything, when the server could not decode our payload."""
-    if info.vision_fingerprint != fingerprint_bytes(edge.vision_fingerprint):
+    """Refuse locally, before encoding anything, when the server could not decode our payload:
+    it must serve the edge's split point (the same vision weights before the cut) and codec."""
+    points = served_points(info)
+    # The fingerprint of the weights before the cut names the split point (the server routes
+    # a request by it too: cloud_server/validation.py).
+    mine = fingerprint_bytes(edge.vision_fingerprint)
+    point = next((p for p in points if p.vision_fingerprint == mine), None)
+    if point is None:
+        served = ", ".join(f"{p.vision_fingerprint.hex()} (split layer {p.split_layer})"
+                           for p in points)
         raise IncompatibleServer(
-            f"server runs vision weights {info.vision_fingerprint.hex()} (model {info.model_id}, "
-            f"split layer {info.split_layer}); this edge has {edge.vision_fingerprint} "
-            f"(split layer {edge.split_layer})")
-    if edge.codec_fingerprint and info.codec_fingerprint != fingerprint_bytes(
+            f"server runs vision weights {served} (model {info.model_id}); this edge has "
+            f"{edge.vision_fingerprint} (split layer {edge.split_layer})")
+    if edge.codec_fingerprint and point.codec_fingerprint != fingerprint_bytes(
             edge.codec_fingerprint):
-        raise IncompatibleServer(f"server decodes codec {info.codec_fingerprint.hex() or '(none)'}"
-                                 f"; this edge encodes with {edge.codec_fingerprint}")
+        raise IncompatibleServer(f"server decodes codec {point.codec_fingerprint.hex() or '(none)'}"
+                                 f" at split layer {point.split_layer}; this edge encodes with "
+                                 f"{edge.codec_fingerprint}")
 
 
 def _finish(result: Result, responses, started: float, on_delta) -> Result:
@@ -70,6 +93,7 @@ def _finish(result: Result, responses, started: float, on_delta) -> Result:
             result.model_id = s.model_id
             result.request_id = s.request_id
             result.batch_size = s.batch_size
+            result.split_layer = s.split_layer if s.HasField("split_layer") else None
     result.total_ms = (time.perf_counter() - started) * 1000
     result.network_ms = max(0.0, result.total_ms - result.edge_ms - result.cloud_ms)
     return result
@@ -92,13 +116,16 @@ def _responses(open_call, timeout: float | None, retry):
 
 def ask_with_codes(stub: pb_grpc.InferenceServiceStub, edge: EdgeEncoder, image: Image.Image,
                    question: str, max_new_tokens: int = 0, on_delta=lambda text: None,
-                   timeout: float | None = None, metadata=None, retry=None) -> Result:
+                   timeout: float | None = None, metadata=None, retry=None,
+                   chunks: list[bytes] | None = None, edge_ms: float | None = None) -> Result:
     """One RPC, with no GetServerInfo before it: the server checks the header's fingerprints and
     answers FAILED_PRECONDITION on a mismatch, raised here as :class:`IncompatibleServer`.
     ``retry`` (an :class:`edge_agent.retry.Retrying`) waits and retries within its own timeout;
-    without it the call makes one attempt within ``timeout``."""
-    started = time.perf_counter()
-    chunks = edge.chunks([image])[0]
+    without it the call makes one attempt within ``timeout``. ``chunks``: the image's, already
+    encoded (``--mode auto`` profiles a path on the request's image), in ``edge_ms``."""
+    started = time.perf_counter() - (edge_ms or 0) / 1000
+    if chunks is None:
+        chunks = edge.chunks([image])[0]
     messages = edge.messages(chunks, question, max_new_tokens)
     result = Result(mode=edge.mode)
     result.messages = [m.SerializeToString() for m in messages]
@@ -118,10 +145,14 @@ def ask_with_codes(stub: pb_grpc.InferenceServiceStub, edge: EdgeEncoder, image:
 def ask_with_image(stub: pb_grpc.InferenceServiceStub, image: Image.Image, question: str,
                    size: int, quality: int = 90, max_new_tokens: int = 0,
                    on_delta=lambda text: None, timeout: float | None = None,
-                   metadata=None, retry=None) -> Result:
-    started = time.perf_counter()
+                   metadata=None, retry=None, jpeg: bytes | None = None,
+                   jpeg_ms: float | None = None) -> Result:
+    """``jpeg``: the upload, already encoded (``--mode auto`` sizes it before choosing), in
+    ``jpeg_ms``."""
+    started = time.perf_counter() - (jpeg_ms or 0) / 1000
     request = pb.AnswerFromImageRequest(
-        image=jpeg_baseline(image, size, quality), question=question,
+        image=jpeg if jpeg is not None else jpeg_baseline(image, size, quality),
+        question=question,
         generation=pb.GenerationParams(max_new_tokens=max_new_tokens) if max_new_tokens else None)
     result = Result(mode="image")
     result.messages = [request.SerializeToString()]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from common.codec.aligned_vq import AlignedVQ
+from common.codec.aligned_vq import AlignedVQ, codec_split_layer
 from common.codec.encodings import make_encoding
 from common.split.checkpoint import load_image_processor
 from common.split.vision import EdgeVision, features_at_cut
@@ -24,6 +24,8 @@ class EdgeHalf(EdgeEncoder):
                  mode: str = "alignedvq", split_layer: int | None = None, device: str = "cpu",
                  dtype: torch.dtype = torch.float32):
         self.mode = mode
+        if mode == ALIGNEDVQ:  # cut where the codec was trained, unless told (then checked)
+            split_layer = codec_split_layer(codec_dir, split_layer)
         self.vision = EdgeVision.from_pretrained(model_dir, split_layer, device, dtype)
         self.split = self.vision.split
         self.image_processor = load_image_processor(model_dir)

@@ -11,9 +11,9 @@ from conftest import run_in_process
 from alignedvq.cli import main as alignedvq
 from alignedvq.data.shapes_vqa import write_dataset
 from alignedvq.v1 import inference_pb2 as pb
-from common.codec.aligned_vq import AlignedVQ, CodecConfig, CodecMismatchError
+from common.codec.aligned_vq import AlignedVQ, CodecConfig, CodecMismatchError, codec_split_layer
 from common.codec.encodings import AlignedVQEncoding, Fp16Encoding, Int8Encoding, PayloadError
-from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR
+from common.paths import DEFAULT_CODEC_DIR, DEFAULT_MODEL_DIR, EARLY_CODEC_DIR
 from common.split.point import SplitPoint
 from common.split.weights import vision_fingerprint
 from common.wire.messages import codes_request_messages
@@ -76,10 +76,16 @@ def test_save_load_and_fingerprint_mismatch_is_refused(tmp_path):
     codec.save(tmp_path)
     loaded = AlignedVQ.load(tmp_path, expect_fingerprint="00" * 8)
     assert loaded.fingerprint() == codec.fingerprint()
-    with pytest.raises(CodecMismatchError, match="0000000000000000.*but the model has ffff"):
+    with pytest.raises(CodecMismatchError,
+                       match=r"0000000000000000 \(split layer 1\).*checkpoint's weights.*ffff"):
         AlignedVQ.load(tmp_path, expect_fingerprint="ffff" * 4)
-    with pytest.raises(CodecMismatchError, match="split layer 1.*at layer 3"):
+    with pytest.raises(CodecMismatchError, match=r"split layer 1 \(its codec.json\).*layer 3"):
         AlignedVQ.load(tmp_path, expect_split_layer=3)
+    # The layer is named before the fingerprint: at another layer the fingerprint differs too.
+    with pytest.raises(CodecMismatchError, match="split layer 3 was asked for"):
+        AlignedVQ.load(tmp_path, expect_fingerprint="ffff" * 4, expect_split_layer=3)
+    assert codec_split_layer(tmp_path) == 1
+    assert codec_split_layer(tmp_path, 3) == 3 and codec_split_layer(None) is None
 
 
 def test_shipped_codec_matches_the_shipped_model():
@@ -114,7 +120,21 @@ def test_eval_refuses_a_codec_for_another_model(tmp_path):
     out = run_in_process(alignedvq, ["eval", "--dataset", data, "--mode", "alignedvq",
                                      "--codec", codec_dir])
     assert out.returncode == 2
-    assert "0123456789abcdef" in out.stderr and "but the model has" in out.stderr
+    assert "0123456789abcdef" in out.stderr and "belongs to another checkpoint" in out.stderr
+
+
+def test_eval_cuts_where_the_codec_was_trained(tmp_path):
+    """The early-split codec needs no --split-layer (issue 22); one that disagrees is refused
+    naming both layers."""
+    data = write_dataset(tmp_path / "data", 2, seed=2, progress=False)
+    args = ["eval", "--dataset", data, "--mode", "alignedvq", "--codec", EARLY_CODEC_DIR]
+    out = run_in_process(alignedvq, [*args, "--json"])
+    assert out.returncode == 0, out.stderr
+    # 65 tokens (CLS crosses before the feature layer) x 11 bits, plus the header.
+    assert json.loads(out.stdout)["payload_bytes_mean"] <= 130
+    out = run_in_process(alignedvq, [*args, "--split-layer", "4"])
+    assert out.returncode == 2
+    assert "trained for split layer 1" in out.stderr and "split layer 4 was asked" in out.stderr
 
 
 def test_train_codec_command_writes_a_codec_that_eval_uses(tmp_path):

@@ -96,26 +96,30 @@ def test_decoding_a_request_builds_no_encoding(cloud, monkeypatch):
 
 @pytest.mark.parametrize("engine", ["builtin", "vllm"])
 def test_server_start_reads_the_blocks_before_the_cut_once(engine, monkeypatch):
-    """The image-upload path reads them; the cloud half takes its fingerprint and builds its
-    language model without a vision tower."""
+    """The image-upload path reads the blocks before the earliest cut, the cloud half those
+    after it, each tensor once whatever the number of split points served (the shipped two);
+    a later cut's fingerprint is hashed from disk, nothing of it kept. The language model is
+    built without a vision tower."""
     from cloud_server import cloud_vision, loader
     from cloud_server.config import ServerConfig
     from common.split import vision, weights
 
-    reads = []
+    held, hashed = [], []
     real = weights.read_vision_tensors
 
     def counted(model_dir, first, stop, *args, **kwargs):
-        reads.append((first, stop))
+        (hashed if kwargs.get("fingerprint_only") else held).append((first, stop))
         return real(model_dir, first, stop, *args, **kwargs)
 
     monkeypatch.setattr(weights, "read_vision_tensors", counted)
     monkeypatch.setattr(vision, "read_vision_tensors", counted)
     monkeypatch.setattr(cloud_vision, "read_vision_tensors", counted)
     model = loader.load(ServerConfig.from_args(["--engine", engine]))
-    split = model.cloud.split
-    assert sorted(reads) == [(0, split.split_layer), (split.split_layer, split.feature_layer)]
-    assert model.cloud.vision_fingerprint == model.vision.fingerprint
+    default, early = model.cloud.split, model.cloud.points[1].split
+    assert sorted(model.cloud.points) == [1, default.split_layer] and early.split_layer == 1
+    assert sorted(held) == [(0, 1), (1, default.feature_layer)]
+    assert hashed == [(0, default.split_layer)]
+    assert model.cloud.points[1].vision_fingerprint == model.vision.fingerprint
 
 
 def test_a_half_without_a_codec_offers_only_raw_features():

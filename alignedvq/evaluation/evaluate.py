@@ -55,9 +55,11 @@ class SplitAnswerer:
 
         self.mode = mode
         self.edge = EdgeHalf(model_dir, codec_dir, mode, split_layer, device)
+        # At the edge's cut (the codec's, unless --split-layer said otherwise and matched it).
         self.cloud = CloudHalf(model_dir, codec_dir if mode == "alignedvq" else None,
-                               split_layer, device,
-                               vision_fingerprint=self.edge.vision_fingerprint)
+                               self.edge.split_layer, device,
+                               vision_fingerprints={self.edge.split_layer:
+                                                    self.edge.vision_fingerprint})
         self.fp16 = Fp16Encoding(self.edge.tokens, self.cloud.dim)
         self.payload_bytes: list[int] = []
         self.fp16_bytes: list[int] = []

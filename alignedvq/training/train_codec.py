@@ -91,7 +91,7 @@ class FrozenHalves:
 
             cloud = CloudHalf(run.model_dir, split_layer=run.split_layer,
                               device=str(world.device), dtype=dtype,
-                              vision_fingerprint=edge.fingerprint)
+                              vision_fingerprints={edge.split.split_layer: edge.fingerprint})
         self._freeze(edge, cloud, world.device, dtype, run.gradient_checkpointing)
         self.image_processor = load_image_processor(run.model_dir)
 

@@ -25,7 +25,7 @@ class GenerationParams(_message.Message):
     def __init__(self, max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class CodesHeader(_message.Message):
-    __slots__ = ("vision_fingerprint", "codec_fingerprint", "encoding", "tokens", "bits", "stages", "question", "generation")
+    __slots__ = ("vision_fingerprint", "codec_fingerprint", "encoding", "tokens", "bits", "stages", "question", "generation", "split_layer")
     VISION_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CODEC_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,7 @@ class CodesHeader(_message.Message):
     STAGES_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_LAYER_FIELD_NUMBER: _ClassVar[int]
     vision_fingerprint: bytes
     codec_fingerprint: bytes
     encoding: FeatureEncoding
@@ -42,7 +43,8 @@ class CodesHeader(_message.Message):
     stages: int
     question: str
     generation: GenerationParams
-    def __init__(self, vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., encoding: _Optional[_Union[FeatureEncoding, str]] = ..., tokens: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., question: _Optional[str] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ...) -> None: ...
+    split_layer: int
+    def __init__(self, vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., encoding: _Optional[_Union[FeatureEncoding, str]] = ..., tokens: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., question: _Optional[str] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ..., split_layer: _Optional[int] = ...) -> None: ...
 
 class CodesChunk(_message.Message):
     __slots__ = ("stage", "packed_indices")
@@ -61,7 +63,7 @@ class AnswerFromCodesRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[CodesHeader, _Mapping]] = ..., chunk: _Optional[_Union[CodesChunk, _Mapping]] = ...) -> None: ...
 
 class AnswerSummary(_message.Message):
-    __slots__ = ("payload_bytes", "decode_ms", "queue_ms", "generate_ms", "tokens_generated", "model_id", "codec_fingerprint", "answer", "batch_size", "request_id", "codec_fingerprint_bytes", "prepare_ms")
+    __slots__ = ("payload_bytes", "decode_ms", "queue_ms", "generate_ms", "tokens_generated", "model_id", "codec_fingerprint", "answer", "batch_size", "request_id", "codec_fingerprint_bytes", "prepare_ms", "split_layer")
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +76,7 @@ class AnswerSummary(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CODEC_FINGERPRINT_BYTES_FIELD_NUMBER: _ClassVar[int]
     PREPARE_MS_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_LAYER_FIELD_NUMBER: _ClassVar[int]
     payload_bytes: int
     decode_ms: float
     queue_ms: float
@@ -86,7 +89,8 @@ class AnswerSummary(_message.Message):
     request_id: str
     codec_fingerprint_bytes: bytes
     prepare_ms: float
-    def __init__(self, payload_bytes: _Optional[int] = ..., decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., tokens_generated: _Optional[int] = ..., model_id: _Optional[str] = ..., codec_fingerprint: _Optional[str] = ..., answer: _Optional[str] = ..., batch_size: _Optional[int] = ..., request_id: _Optional[str] = ..., codec_fingerprint_bytes: _Optional[bytes] = ..., prepare_ms: _Optional[float] = ...) -> None: ...
+    split_layer: int
+    def __init__(self, payload_bytes: _Optional[int] = ..., decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., tokens_generated: _Optional[int] = ..., model_id: _Optional[str] = ..., codec_fingerprint: _Optional[str] = ..., answer: _Optional[str] = ..., batch_size: _Optional[int] = ..., request_id: _Optional[str] = ..., codec_fingerprint_bytes: _Optional[bytes] = ..., prepare_ms: _Optional[float] = ..., split_layer: _Optional[int] = ...) -> None: ...
 
 class AnswerFromCodesResponse(_message.Message):
     __slots__ = ("text_delta", "summary")
@@ -119,7 +123,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("model_id", "vision_fingerprint", "codec_fingerprint", "split_layer", "codebook_size", "bits", "stages", "tokens", "image_size", "max_question_chars", "max_new_tokens", "max_message_bytes", "feature_dim", "feature_layer", "vision_layers", "cls_included", "patch_grid", "encodings", "max_image_pixels", "request_timeout_seconds")
+    __slots__ = ("model_id", "vision_fingerprint", "codec_fingerprint", "split_layer", "codebook_size", "bits", "stages", "tokens", "image_size", "max_question_chars", "max_new_tokens", "max_message_bytes", "feature_dim", "feature_layer", "vision_layers", "cls_included", "patch_grid", "encodings", "max_image_pixels", "request_timeout_seconds", "split_points")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VISION_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CODEC_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +144,7 @@ class GetServerInfoResponse(_message.Message):
     ENCODINGS_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_POINTS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     vision_fingerprint: bytes
     codec_fingerprint: bytes
@@ -160,4 +165,39 @@ class GetServerInfoResponse(_message.Message):
     encodings: _containers.RepeatedScalarFieldContainer[FeatureEncoding]
     max_image_pixels: int
     request_timeout_seconds: float
-    def __init__(self, model_id: _Optional[str] = ..., vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., split_layer: _Optional[int] = ..., codebook_size: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., tokens: _Optional[int] = ..., image_size: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., feature_dim: _Optional[int] = ..., feature_layer: _Optional[int] = ..., vision_layers: _Optional[int] = ..., cls_included: _Optional[bool] = ..., patch_grid: _Optional[int] = ..., encodings: _Optional[_Iterable[_Union[FeatureEncoding, str]]] = ..., max_image_pixels: _Optional[int] = ..., request_timeout_seconds: _Optional[float] = ...) -> None: ...
+    split_points: _containers.RepeatedCompositeFieldContainer[SplitPoint]
+    def __init__(self, model_id: _Optional[str] = ..., vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., split_layer: _Optional[int] = ..., codebook_size: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., tokens: _Optional[int] = ..., image_size: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., feature_dim: _Optional[int] = ..., feature_layer: _Optional[int] = ..., vision_layers: _Optional[int] = ..., cls_included: _Optional[bool] = ..., patch_grid: _Optional[int] = ..., encodings: _Optional[_Iterable[_Union[FeatureEncoding, str]]] = ..., max_image_pixels: _Optional[int] = ..., request_timeout_seconds: _Optional[float] = ..., split_points: _Optional[_Iterable[_Union[SplitPoint, _Mapping]]] = ...) -> None: ...
+
+class SplitPoint(_message.Message):
+    __slots__ = ("split_layer", "vision_fingerprint", "codec_fingerprint", "codebook_size", "bits", "stages", "tokens", "cls_included", "encodings")
+    SPLIT_LAYER_FIELD_NUMBER: _ClassVar[int]
+    VISION_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CODEBOOK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CLS_INCLUDED_FIELD_NUMBER: _ClassVar[int]
+    ENCODINGS_FIELD_NUMBER: _ClassVar[int]
+    split_layer: int
+    vision_fingerprint: bytes
+    codec_fingerprint: bytes
+    codebook_size: int
+    bits: int
+    stages: int
+    tokens: int
+    cls_included: bool
+    encodings: _containers.RepeatedScalarFieldContainer[FeatureEncoding]
+    def __init__(self, split_layer: _Optional[int] = ..., vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., codebook_size: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., tokens: _Optional[int] = ..., cls_included: _Optional[bool] = ..., encodings: _Optional[_Iterable[_Union[FeatureEncoding, str]]] = ...) -> None: ...
+
+class ProbeLinkRequest(_message.Message):
+    __slots__ = ("padding",)
+    PADDING_FIELD_NUMBER: _ClassVar[int]
+    padding: bytes
+    def __init__(self, padding: _Optional[bytes] = ...) -> None: ...
+
+class ProbeLinkResponse(_message.Message):
+    __slots__ = ("received_bytes",)
+    RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    received_bytes: int
+    def __init__(self, received_bytes: _Optional[int] = ...) -> None: ...

@@ -51,6 +51,11 @@ class InferenceServiceStub:
                 request_serializer=alignedvq_dot_v1_dot_inference__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=alignedvq_dot_v1_dot_inference__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.ProbeLink = channel.unary_unary(
+                '/alignedvq.v1.InferenceService/ProbeLink',
+                request_serializer=alignedvq_dot_v1_dot_inference__pb2.ProbeLinkRequest.SerializeToString,
+                response_deserializer=alignedvq_dot_v1_dot_inference__pb2.ProbeLinkResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -81,6 +86,16 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProbeLink(self, request, context):
+        """Added in v1.2. Measures the link, for an edge that chooses its path by predicted latency:
+        the server reads the request (its padding is discarded) and answers at once, with no model
+        work. Two probes, one empty and one of about the size of an upload, give the round trip and
+        the uplink's throughput. Authenticated and limited (max_message_bytes) like every call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +113,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=alignedvq_dot_v1_dot_inference__pb2.GetServerInfoRequest.FromString,
                     response_serializer=alignedvq_dot_v1_dot_inference__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'ProbeLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProbeLink,
+                    request_deserializer=alignedvq_dot_v1_dot_inference__pb2.ProbeLinkRequest.FromString,
+                    response_serializer=alignedvq_dot_v1_dot_inference__pb2.ProbeLinkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +203,33 @@ class InferenceService:
             '/alignedvq.v1.InferenceService/GetServerInfo',
             alignedvq_dot_v1_dot_inference__pb2.GetServerInfoRequest.SerializeToString,
             alignedvq_dot_v1_dot_inference__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProbeLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/alignedvq.v1.InferenceService/ProbeLink',
+            alignedvq_dot_v1_dot_inference__pb2.ProbeLinkRequest.SerializeToString,
+            alignedvq_dot_v1_dot_inference__pb2.ProbeLinkResponse.FromString,
             options,
             channel_credentials,
             insecure,

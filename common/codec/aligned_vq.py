@@ -177,26 +177,38 @@ class AlignedVQ(nn.Module):
                                       "fingerprint": self.fingerprint()}
         (out / CODEC_CONFIG).write_text(json.dumps(meta, indent=1) + "\n")
 
-    @classmethod
-    def load(cls, codec_dir: Path, expect_fingerprint: str | None = None,
-             expect_split_layer: int | None = None) -> "AlignedVQ":
-        from safetensors.torch import load_file
-
+    @staticmethod
+    def read_config(codec_dir: Path) -> CodecConfig:
+        """The codec's settings from its ``codec.json`` alone (no weights read): what a caller
+        needs to know where the model must be split for it."""
         codec_dir = Path(codec_dir)
         if not (codec_dir / CODEC_CONFIG).is_file():
             raise FileNotFoundError(f"no codec at {codec_dir} (expected {CODEC_CONFIG} and "
                                     f"{CODEC_WEIGHTS}, as `alignedvq train-codec` writes them)")
         meta = json.loads((codec_dir / CODEC_CONFIG).read_text())
         fields = CodecConfig.__dataclass_fields__
-        config = CodecConfig(**{k: v for k, v in meta.items() if k in fields})
+        return CodecConfig(**{k: v for k, v in meta.items() if k in fields})
+
+    @classmethod
+    def load(cls, codec_dir: Path, expect_fingerprint: str | None = None,
+             expect_split_layer: int | None = None) -> "AlignedVQ":
+        from safetensors.torch import load_file
+
+        codec_dir = Path(codec_dir)
+        config = cls.read_config(codec_dir)
+        # The split layer first: at another layer the vision fingerprint differs too, and the
+        # layer is what the user can fix.
+        if expect_split_layer is not None and config.split_layer != expect_split_layer:
+            raise CodecMismatchError(
+                f"codec {codec_dir} was trained for split layer {config.split_layer} (its "
+                f"{CODEC_CONFIG}), but split layer {expect_split_layer} was asked for "
+                f"(--split-layer): leave --split-layer out to split where the codec was trained")
         if expect_fingerprint is not None and config.vision_fingerprint != expect_fingerprint:
             raise CodecMismatchError(
                 f"codec {codec_dir} was trained on vision weights with fingerprint "
-                f"{config.vision_fingerprint}, but the model has {expect_fingerprint}")
-        if expect_split_layer is not None and config.split_layer != expect_split_layer:
-            raise CodecMismatchError(
-                f"codec {codec_dir} was trained for split layer {config.split_layer}, but the "
-                f"model is split at layer {expect_split_layer}")
+                f"{config.vision_fingerprint} (split layer {config.split_layer}), but this "
+                f"checkpoint's weights before that layer have {expect_fingerprint}: the codec "
+                f"belongs to another checkpoint")
         codec = cls(config)
         codec.load_state_dict(load_file(str(codec_dir / CODEC_WEIGHTS)))
         return codec.eval()
@@ -208,3 +220,13 @@ class AlignedVQ(nn.Module):
             h.update(k.encode())
             h.update(v.detach().float().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+def codec_split_layer(codec_dir: Path | None, split_layer: int | None = None) -> int | None:
+    """Where to split for ``codec_dir``: an explicit ``split_layer`` when given (a codec that
+    disagrees is refused when it loads, naming both), else the layer the codec was trained for,
+    else None (the model's feature layer). So no command needs --split-layer beside a codec."""
+    if split_layer is not None or codec_dir is None:
+        return split_layer
+    return AlignedVQ.read_config(codec_dir).split_layer
+
