@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=WEIGHTS, default="float32",
                    help="int8: quantise the vision blocks' MatMul weights (ONNX Runtime dynamic "
                         "quantisation) after the float32 check, and refuse the export unless "
-                        f"at least {AGREEMENT_THRESHOLD:.0%} of tokens agree with the float32 "
+                        f"at least {AGREEMENT_THRESHOLD:.0%}% of tokens agree with the float32 "
                         "torch edge (docs/benchmarks/edge_int8.md)")
     p.add_argument("--agreement-scenes", type=int, default=AGREEMENT_SCENES,
                    help="--weights int8: ShapesVQA scenes added to the check images for the "
