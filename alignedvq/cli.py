@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from alignedvq.answer_worker import add_parser as add_answer_worker_parser
+from alignedvq.edge_quantize import AGREEMENT_SCENES, AGREEMENT_THRESHOLD, WEIGHTS
 from alignedvq.evaluation.evaluate import MAX_NEW_TOKENS, MODES, OLD_MODE_NAMES
 from alignedvq.evaluation.scoring import SCORERS
 from alignedvq.training.train_codec_cli import add_parser as add_train_codec_parser
@@ -150,15 +151,26 @@ def _export_edge(args) -> int:
     if args.out is None:
         args.out = str(shipped_edge_dir(Path(args.codec)))
     try:
-        spec = export_edge(Path(args.model), Path(args.codec), Path(args.out), args.split_layer)
+        spec = export_edge(Path(args.model), Path(args.codec), Path(args.out), args.split_layer,
+                           weights=args.weights, agreement_scenes=args.agreement_scenes,
+                           allow_below_threshold=args.allow_below_threshold)
     except (EdgeExportError, CodecMismatchError, FileNotFoundError, ValueError) as e:
         print(f"export-edge: {e}", file=sys.stderr)
         return 2
     v = spec.validation
     print(f"wrote {Path(args.out) / spec.graph} and {Path(args.out) / 'edge.json'}: "
           f"{spec.image_size}px -> {spec.tokens} tokens x {spec.stages} stage(s) of "
-          f"{spec.bits} bits; checked against torch on {v['images']} images: "
+          f"{spec.bits} bits; {'the float32 graph ' if spec.weights == 'int8' else ''}"
+          f"checked against torch on {v['images']} images: "
           f"{v['index_match_rate']:.4%} of indices equal ({v['near_ties']} near-tie(s))")
+    if spec.weights == "int8":
+        a = spec.quantization["agreement"]
+        print(f"int8 weights: tokens agree with the float32 torch edge on "
+              f"{a['token_agreement']:.2%} of {a['tokens']} ({a['images']} images, one per run; "
+              f"threshold {a['threshold']:.0%})")
+    if spec.below_threshold:
+        print("export-edge: warning: written below the agreement threshold "
+              "(--allow-below-threshold): for measurement, not for deployment", file=sys.stderr)
     return 0
 
 
@@ -275,6 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
                         f"codec, {EARLY_EDGE_DIR.name} for the early-split one)")
     p.add_argument("--split-layer", type=int,
                    help="the cut, as for edge-agent (default: where the codec was trained)")
+    p.add_argument("--weights", choices=WEIGHTS, default="float32",
+                   help="int8: quantise the vision blocks' MatMul weights (ONNX Runtime dynamic "
+                        "quantisation) after the float32 check, and refuse the export unless "
+                        f"at least {AGREEMENT_THRESHOLD:.0%}% of tokens agree with the float32 "
+                        "torch edge (docs/benchmarks/edge_int8.md)")
+    p.add_argument("--agreement-scenes", type=int, default=AGREEMENT_SCENES,
+                   help="--weights int8: ShapesVQA scenes added to the check images for the "
+                        "agreement measurement")
+    p.add_argument("--allow-below-threshold", action="store_true",
+                   help="--weights int8: write the graph even if the agreement fails (for "
+                        "measurement; edge.json records it and edge-agent warns)")
     p.set_defaults(func=_export_edge)
 
     p = sub.add_parser("compare-edges",

@@ -132,25 +132,51 @@ def validate(vision: EdgeVision, codec: AlignedVQ, graph_path: Path,
     return report
 
 
+def int8_graph(vision: EdgeVision, codec: AlignedVQ, float_graph: Path, pixels: np.ndarray,
+               allow_below_threshold: bool = False) -> tuple[Path, dict]:
+    """The validated float graph with int8 weights, next to it in ``int8/``, and what the
+    sidecar records about it; AgreementBelowThreshold unless its indices agree with the torch
+    edge's on enough tokens of ``pixels`` (or ``allow_below_threshold``)."""
+    from alignedvq.edge_quantize import (agreement, check_agreement, graph_indices,
+                                         quantize_graph, torch_indices)
+
+    graph = float_graph.parent / "int8" / GRAPH_FILE
+    graph.parent.mkdir()
+    settings = quantize_graph(float_graph, graph)
+    report = agreement(torch_indices(vision, codec, pixels), graph_indices(graph, pixels))
+    return graph, settings | {"agreement": check_agreement(report, allow_below_threshold)}
+
+
 def write_edge(vision: EdgeVision, codec: AlignedVQ, preprocess: Preprocess, out_dir: Path,
-               pixels: np.ndarray, codec_fingerprint: str, model_id: str = "") -> EdgeSpec:
-    """Export, validate on ``pixels`` and write ``edge.onnx`` + ``edge.json`` into ``out_dir``.
-    Nothing is left in ``out_dir`` unless validation passed."""
+               pixels: np.ndarray, codec_fingerprint: str, model_id: str = "",
+               weights: str = "float32", agreement_pixels: np.ndarray | None = None,
+               allow_below_threshold: bool = False) -> EdgeSpec:
+    """Export, validate on ``pixels`` and write ``edge.onnx`` + ``edge.json`` into ``out_dir``;
+    ``weights="int8"`` then quantises the validated graph and measures its agreement on
+    ``agreement_pixels`` (default: ``pixels``). Nothing is left in ``out_dir`` unless
+    validation (and for int8 the agreement check) passed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     image_size = vision.embeddings.image_size
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        tmp_graph = Path(tmp) / GRAPH_FILE
-        exporter = export_graph(vision, codec, tmp_graph, image_size)
-        report = validate(vision, codec, tmp_graph, pixels)
-        for f in Path(tmp).iterdir():
-            os.replace(f, out_dir / f.name)
+        graph = Path(tmp) / GRAPH_FILE
+        exporter = export_graph(vision, codec, graph, image_size)
+        report = validate(vision, codec, graph, pixels)
+        quantization = {}
+        if weights == "int8":
+            graph, quantization = int8_graph(
+                vision, codec, graph, pixels if agreement_pixels is None else agreement_pixels,
+                allow_below_threshold)
+        for f in graph.parent.iterdir():
+            if f.is_file():
+                os.replace(f, out_dir / f.name)
     cfg = codec.config
     spec = EdgeSpec(preprocess=preprocess, image_size=image_size, tokens=cfg.tokens,
                     bits=cfg.bits, stages=cfg.stages, codebook_size=cfg.codebook_size,
                     split_layer=cfg.split_layer, vision_fingerprint=vision.fingerprint,
                     codec_fingerprint=codec_fingerprint, model_id=model_id,
-                    exporter=exporter, validation=report)
+                    exporter=exporter, validation=report, weights=weights,
+                    quantization=quantization)
     spec.save(out_dir)
     return spec
 
@@ -171,7 +197,9 @@ def validation_images(image_size: int, seed: int = 0) -> list:
 
 
 def export_edge(model_dir: Path, codec_dir: Path, out_dir: Path,
-                split_layer: int | None = None) -> EdgeSpec:
+                split_layer: int | None = None, weights: str = "float32",
+                agreement_scenes: int | None = None,
+                allow_below_threshold: bool = False) -> EdgeSpec:
     """The CLI's export: a checkpoint folder and a codec folder in, the edge graph out. The
     pixels come from the model's own image processor, and the Pillow+numpy preprocessing the
     ONNX edge uses instead is checked against it on the same images."""
@@ -192,5 +220,15 @@ def export_edge(model_dir: Path, codec_dir: Path, out_dir: Path,
             f"the Pillow+numpy preprocessing differs from the model's image processor "
             f"({type(edge.image_processor).__name__}) by up to "
             f"{float(np.abs(reference - ours).max()):.3g}; only CLIP's PIL processor is supported")
+    agreement_pixels = None
+    if weights == "int8":
+        from alignedvq.edge_quantize import AGREEMENT_SCENES, agreement_images
+
+        scenes = AGREEMENT_SCENES if agreement_scenes is None else agreement_scenes
+        agreement_pixels = edge.image_processor(
+            images=agreement_images(edge.vision.embeddings.image_size, scenes),
+            return_tensors="np").pixel_values.astype(np.float32)
     return write_edge(edge.vision, edge.codec, pre, out_dir, reference.astype(np.float32),
-                      edge.codec_fingerprint, model_id=Path(model_dir).name)
+                      edge.codec_fingerprint, model_id=Path(model_dir).name, weights=weights,
+                      agreement_pixels=agreement_pixels,
+                      allow_below_threshold=allow_below_threshold)

@@ -261,12 +261,19 @@ def load_onnx_edge(onnx_dir: str, threads: int = 0):
     from edge_agent.onnx_edge import OnnxEdge
 
     try:
-        return OnnxEdge(onnx_dir, threads)
+        edge = OnnxEdge(onnx_dir, threads)
     except EdgeExportMissing as e:
         raise BadInput(str(e)) from e
     except Exception as e:  # noqa: BLE001 - ORT's load errors (InvalidProtobuf, Fail, ...)
         # derive from Exception only; any of them means this folder holds no usable graph.
         raise BadInput(f"cannot load the ONNX edge in {onnx_dir}: {e}") from e
+    if edge.spec.below_threshold:
+        a = edge.spec.quantization["agreement"]
+        print(f"edge-agent: warning: {onnx_dir} holds an int8 graph written with "
+              f"--allow-below-threshold: its indices agree with the float32 edge on only "
+              f"{a['token_agreement']:.2%} of tokens (threshold {a['threshold']:.0%})",
+              file=sys.stderr)
+    return edge
 
 
 def load_torch_edge(args: argparse.Namespace, codec: str | None = None):

@@ -88,7 +88,17 @@ class EdgeSpec:
     output_name: str = OUTPUT_NAME
     output_layout: str = "(batch, tokens, stages) int64, token order = the vision tower's"
     exporter: dict = field(default_factory=dict)
-    validation: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)  # the float32 graph against the torch edge
+    # "float32" or "int8" (`export-edge --weights int8`); sidecars written before it are float32.
+    weights: str = "float32"
+    # For int8: the quantiser's settings and the measured token agreement with the float32
+    # torch edge ("agreement": token_agreement, threshold, passed, forced).
+    quantization: dict = field(default_factory=dict)
+
+    @property
+    def below_threshold(self) -> bool:
+        """An int8 graph written with --allow-below-threshold although its agreement failed."""
+        return bool(self.quantization.get("agreement", {}).get("forced"))
 
     def to_json(self) -> str:
         d = asdict(self)

@@ -195,3 +195,73 @@ def test_a_corrupt_graph_is_a_clear_error(exported_edge, server, tmp_path):
                "--runtime", "onnx", "--onnx-dir", str(tmp_path))
     assert r.returncode == 2 and "cannot load the ONNX edge" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# --- export-edge --weights int8 ---------------------------------------------------------------
+
+def test_int8_export_is_refused_on_the_embedded_model(tmp_path, capsys):
+    """The embedded model's int8 graph agrees with float32 on ~89 % of tokens
+    (docs/benchmarks/edge_int8.md): the command refuses it, names the agreement and the
+    threshold, exits as its other failures do and writes nothing edge-agent would load."""
+    from alignedvq.cli import main
+
+    out = tmp_path / "int8"
+    assert main(["export-edge", "--weights", "int8", "--agreement-scenes", "16",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    agreed = re.search(r"agree with the float32 torch edge on ([\d.]+)% of (\d+) tokens", err)
+    assert agreed, err
+    assert float(agreed.group(1)) < 99 and int(agreed.group(2)) == (6 + 16) * 64
+    assert "below the 99% threshold" in err and "--allow-below-threshold" in err
+    assert not list(out.rglob("edge.*"))
+
+
+@pytest.fixture(scope="module")
+def forced_int8_edge(exported_edge, torch_edge, tmp_path_factory):
+    """The session's float32 export quantised with the agreement check forced, as
+    `export-edge --weights int8 --allow-below-threshold` does after its float32 check."""
+    import shutil
+
+    from alignedvq.edge_export import int8_graph
+
+    work = tmp_path_factory.mktemp("int8-work")
+    shutil.copy(exported_edge / "edge.onnx", work / "edge.onnx")
+    pixels = preprocess([open_image(SAMPLES_DIR / name) for name in IMAGES],
+                        EdgeSpec.load(exported_edge).preprocess)
+    graph, quantization = int8_graph(torch_edge.vision, torch_edge.codec, work / "edge.onnx",
+                                     pixels, allow_below_threshold=True)
+    out = tmp_path_factory.mktemp("int8-edge")
+    shutil.copy(graph, out / "edge.onnx")
+    spec = EdgeSpec.load(exported_edge)
+    spec.weights, spec.quantization = "int8", quantization
+    spec.save(out)
+    return out
+
+
+def test_a_forced_int8_graph_runs_in_the_onnx_edge(forced_int8_edge, torch_edge):
+    from edge_agent.onnx_edge import OnnxEdge
+
+    spec = EdgeSpec.load(forced_int8_edge)
+    a = spec.quantization["agreement"]
+    assert spec.weights == "int8" and spec.below_threshold
+    assert a["forced"] and not a["passed"] and a["token_agreement"] < a["threshold"] == 0.99
+    assert a["tokens"] == len(IMAGES) * 64 and spec.quantization["quantized_nodes"] > 0
+    images = [open_image(SAMPLES_DIR / name) for name in IMAGES]
+    idx = OnnxEdge(forced_int8_edge).indices(images)
+    assert idx.shape == (len(images), spec.tokens, spec.stages) and idx.dtype == np.int64
+    assert ((0 <= idx) & (idx < spec.codebook_size)).all()
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(forced_int8_edge / "edge.onnx")).graph.node}
+    assert "MatMulInteger" in ops and "ArgMin" in ops   # quantised blocks, float codec search
+
+
+def test_edge_agent_warns_about_a_forced_int8_graph(forced_int8_edge, exported_edge, server):
+    common = ["--image", str(SAMPLES_DIR / IMAGES[0]), "--question", "q", "--runtime", "onnx",
+              "--json"]
+    forced = _agent(server, *common, "--onnx-dir", str(forced_int8_edge))
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert "warning" in forced.stderr and "--allow-below-threshold" in forced.stderr
+    assert re.search(r"only [\d.]+% of tokens \(threshold 99%\)", forced.stderr)
+    plain = _agent(server, *common, "--onnx-dir", str(exported_edge))
+    assert plain.returncode == 0 and "warning" not in plain.stderr

@@ -50,7 +50,9 @@ def compare_edges(dataset: Path, onnx_dir: Path, model_dir: Path, codec_dir: Pat
             features = features_at_cut(torch_edge.vision, torch_edge.image_processor,
                                        images).float()
             t = torch_edge.codec.quantize(torch_edge.codec.project(features))[0].numpy()
-        o = onnx_edge.indices(images)
+        # One image per run, as edge-agent sends them: an int8 graph's dynamic quantisation
+        # scales depend on the whole batch (alignedvq/edge_quantize.py).
+        o = np.concatenate([onnx_edge.indices([image]) for image in images])
         reports.append(near_tie_report(torch_edge.codec, features, t, o))
         torch_idx.append(t)
         onnx_idx.append(o)
