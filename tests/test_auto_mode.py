@@ -123,3 +123,21 @@ def test_over_a_very_slow_link_the_agent_sends_codes(default_server, tmp_path):
         image = next(p for p in out["predictions"] if p["path"] == "image")
         assert image["network_ms"] > 300 > out["network_ms"]
     assert not second["probed"] and not second["profiled"]  # all of it came from the cache
+
+
+@pytest.mark.integration
+def test_auto_runs_the_onnx_edge_too(default_server, exported_edge, tmp_path):
+    """--runtime onnx: the exported graph's split point (read from its edge.json) is one of the
+    paths; over a slow link it is taken."""
+    row = json.loads((SAMPLES_DIR / "questions.jsonl").read_text().splitlines()[2])
+    with ProxyLink(one_way_delay_ms=5) as link:
+        link.set_rate(0.064)
+        out = edge_agent_in_process(
+            "--server", link.target(default_server.address), "--image",
+            str(SAMPLES_DIR / row["image"]), "--question", row["question"], "--mode", "auto",
+            "--runtime", "onnx", "--onnx-dir", str(exported_edge),
+            "--auto-cache", str(tmp_path / "auto.json"), "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert sorted(p["path"] for p in result["predictions"]) == ["codes@4", "image"]
+    assert (result["path"], result["answer"]) == ("codes@4", row["answer"])
