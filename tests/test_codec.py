@@ -152,3 +152,18 @@ def test_train_codec_command_writes_a_codec_that_eval_uses(tmp_path):
     measured = json.loads(result.stdout)
     # two 4-bit stages over 64 tokens: 2 chunks of 32 bytes, plus the header
     assert 64 < measured["payload_bytes_mean"] < 64 + 64
+
+
+def test_a_fine_tune_keeps_its_codecs_geometry_unless_told():
+    import argparse
+
+    from alignedvq.training.train_codec_cli import fill_geometry
+
+    args = argparse.Namespace(init_from=str(EARLY_CODEC_DIR), bits=None, stages=None,
+                              code_dim=None, split_layer=None)
+    fill_geometry(args)
+    assert (args.bits, args.stages, args.code_dim, args.split_layer) == (11, 1, 32, 1)
+    args = argparse.Namespace(init_from=None, bits=None, stages=2, code_dim=None,
+                              split_layer=None)
+    fill_geometry(args)
+    assert (args.bits, args.stages, args.code_dim, args.split_layer) == (12, 2, 32, None)

@@ -4,6 +4,7 @@ docs/model_and_codec.md, "Training a codec for your checkpoint")."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -21,11 +22,12 @@ def add_parser(sub) -> None:
                                           "dataset file's folder)")
     p.add_argument("--out", required=True, help="folder for codec.safetensors, codec.json, "
                                                 "the logs and (while training) checkpoint/")
-    p.add_argument("--bits", type=int, default=12, help="bits per index: K = 2**bits (1..16)")
-    p.add_argument("--stages", type=int, default=1, help="residual stages, one index each")
+    # Defaults of the four below: --init-from's codec's, else these (GEOMETRY_DEFAULTS).
+    p.add_argument("--bits", type=int, help="bits per index: K = 2**bits (1..16); default 12")
+    p.add_argument("--stages", type=int, help="residual stages, one index each; default 1")
     p.add_argument("--split-layer", type=int,
                    help="vision block whose output crosses (default: the feature layer)")
-    p.add_argument("--code-dim", type=int, default=32, help="dimension the codebook lives in")
+    p.add_argument("--code-dim", type=int, help="dimension the codebook lives in; default 32")
     p.add_argument("--steps", type=int, default=1500, help="optimisation steps")
     p.add_argument("--batch", type=int, default=32,
                    help="images per step, over all processes (each takes batch / processes)")
@@ -47,7 +49,8 @@ def add_parser(sub) -> None:
                    help="tokens the initialisation holds (its memory: tokens x hidden x 4 B)")
     p.add_argument("--init-from", metavar="CODEC_DIR",
                    help="start from this codec's weights instead of k-means, to fine-tune it "
-                        "(same checkpoint, split layer, bits, stages and code dimension)")
+                        "(same checkpoint; its split layer, bits, stages and code dimension "
+                        "unless given, and then they must match)")
     p.add_argument("--held-out", type=int,
                    help="samples kept out of training for the periodic evaluation (default: "
                         "64, or a tenth of a smaller dataset; 0: none)")
@@ -69,6 +72,21 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+GEOMETRY_DEFAULTS = {"bits": 12, "stages": 1, "code_dim": 32, "split_layer": None}
+
+
+def fill_geometry(args) -> None:
+    """--bits, --stages, --code-dim and --split-layer left out: the --init-from codec's (a
+    fine-tune keeps its geometry without repeating it), else the defaults."""
+    start = {}
+    if args.init_from:
+        meta = Path(args.init_from) / "codec.json"
+        start = json.loads(meta.read_text()) if meta.is_file() else {}
+    for name, default in GEOMETRY_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, start.get(name, default))
+
+
 def run(args) -> int:
     import torch
 
@@ -76,6 +94,7 @@ def run(args) -> int:
     from alignedvq.training.train_codec import CodecTraining, train_codec
 
     fix_mmap_threshold()  # before the first feature batch (host_memory.py says why)
+    fill_geometry(args)
     torch.set_num_threads(args.threads)
     settings = CodecTraining(
         model_dir=Path(args.model), dataset=Path(args.dataset), out=Path(args.out),
