@@ -38,6 +38,7 @@ class CloudPreparer(Protocol):
     # Every split point served, by split layer (cloud_server/split_points.py); the fields above
     # describe the default one, which ``split_layer=None`` below means.
     points: dict[int, ServedSplit]
+    default_point: ServedSplit
 
     def point(self, split_layer: int | None = None) -> ServedSplit:
         """The split point at ``split_layer``; KeyError when it is not served."""

@@ -67,7 +67,8 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         return server_info(backend.model, backend.config)
 
     async def ProbeLink(self, request, context):
-        # An edge measuring its link (edge_agent/link.py): counted, logged only when refused.
+        # An edge measuring its link (edge-agent --mode auto, edge_agent/auto.py): counted,
+        # logged only when refused.
         call = current_call()
         call.log_ok = False  # no model needed: it answers while the model is still loading
         return pb.ProbeLinkResponse(received_bytes=call.received)

@@ -50,8 +50,8 @@ from common.paths import (
 )
 from common.wire.channels import channel, grpc_target
 from common.wire.modes import ALIGNEDVQ, EDGE_MODES, FEATURE_MODES, IMAGE_MODE
-from edge_agent.auto import AutoAsker, AutoCache, AutoChoice, EdgeCodec, default_cache_path
 from common.wire.request_ids import METADATA_KEY, is_valid, new_request_id
+from edge_agent.auto import AutoAsker, AutoCache, EdgeCodec, default_cache_path
 from edge_agent.client import (
     IncompatibleServer,
     Result,
@@ -124,10 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AlignedVQ codec folder; the edge cuts where it was trained. Repeat for "
                         f"--mode auto, one per split point (default: {DEFAULT_CODEC_DIR.name}; "
                         f"auto: {', '.join(d.name for d in SHIPPED_CODEC_DIRS)})")
-    p.add_argument("--auto-cache", metavar="FILE", default=str(default_cache_path()),
+    p.add_argument("--auto-cache", metavar="FILE",
                    help="--mode auto: where it keeps what it measured (edge compute per "
-                        "encoder; per server its split points, link and times); 'none' keeps "
-                        "nothing (every request probes and profiles)")
+                        "encoder; per server its split points, link and times); default "
+                        "$XDG_CACHE_HOME/alignedvq/edge-auto.json (~/.cache when unset); "
+                        "'none' keeps nothing (every request probes and profiles)")
     p.add_argument("--split-layer", type=int,
                    help="where to cut; default: where --codec was trained (its codec.json), "
                         "which a different value is refused against (fp16/int8: default the "
@@ -386,7 +387,8 @@ def ask(s: Session) -> Result:
     args = s.args
     stream = (lambda t: None) if args.json else (lambda t: print(t, end="", flush=True))
     if args.mode == AUTO:
-        cache = AutoCache(None if args.auto_cache.lower() == "none" else Path(args.auto_cache))
+        where = args.auto_cache or str(default_cache_path())
+        cache = AutoCache(None if where.lower() == "none" else Path(where))
         asker = AutoAsker(s.stub, args.server, s.codecs, cache, s.metadata, s.retry,
                           args.jpeg_quality)
         result, choice = asker.ask(s.image, args.question, args.max_new_tokens, stream)

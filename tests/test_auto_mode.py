@@ -111,10 +111,10 @@ def test_over_a_very_slow_link_the_agent_sends_codes(default_server, tmp_path):
     with ProxyLink(one_way_delay_ms=20) as link:
         link.set_rate(0.064)
         target = link.target(default_server.address)
-        runs = [edge_agent_in_process("--server", target, "--image", str(SAMPLES_DIR / row["image"]),
-                                      "--question", row["question"], "--mode", "auto",
-                                      "--auto-cache", str(tmp_path / "auto.json"), "--json")
-                for _ in range(2)]
+        runs = [edge_agent_in_process(
+            "--server", target, "--image", str(SAMPLES_DIR / row["image"]), "--question",
+            row["question"], "--mode", "auto", "--auto-cache", str(tmp_path / "auto.json"),
+            "--json") for _ in range(2)]
     first, second = (json.loads(r.stdout) for r in runs)
     assert first["probed"] and sorted(first["profiled"]) == ["codes@1", "codes@4"]
     for out in (first, second):

@@ -31,6 +31,7 @@ QUESTION = "how many objects are there?"
 REQUEST_TYPES = {"alignedvq.v1.GetServerInfoRequest": pb.GetServerInfoRequest,
                  "alignedvq.v1.AnswerFromCodesRequest": pb.AnswerFromCodesRequest,
                  "alignedvq.v1.AnswerFromImageRequest": pb.AnswerFromImageRequest,
+                 "alignedvq.v1.ProbeLinkRequest": pb.ProbeLinkRequest,
                  "grpc.health.v1.HealthCheckRequest": health_pb2.HealthCheckRequest,
                  "grpc.health.v1.HealthListRequest": health_pb2.HealthListRequest,
                  "grpc.reflection.v1alpha.ServerReflectionRequest":
