@@ -114,8 +114,9 @@ def compose(edge: dict, network: dict) -> dict:
         chosen, _ = model.choose(payloads)
         picks.append(chosen.path.name)
         auto.append(samples[chosen.path.name][i])
-    rows = {p: percentiles(samples[p]) for p in paths}
-    rows["auto"] = percentiles(auto)
+    rows = {p: percentiles(samples[p]) | {"samples_ms": [round(x, 2) for x in samples[p]]}
+            for p in paths}
+    rows["auto"] = percentiles(auto) | {"samples_ms": [round(x, 2) for x in auto]}
     oracle = min(paths, key=lambda p: rows[p]["p50"])
     best_p95 = min(rows[p]["p95"] for p in paths)
     return {"paths": rows, "auto_picks": {p: picks.count(p) for p in dict.fromkeys(picks)},
@@ -136,7 +137,7 @@ def probe_sizes(edge: dict) -> dict[str, list[int]]:
 
 def summary(edge: dict) -> dict:
     """The measured edge profile, for the report."""
-    return {p: {"edge_ms_p50": round(float(np.median(v["edge_ms"])), 2), "n": len(v["edge_ms"]),
+    return {p: {"request_bytes": v["request_bytes"], "edge_ms_p50": round(float(np.median(v["edge_ms"])), 2), "n": len(v["edge_ms"]),
                 "request_bytes_median": int(np.median(v["request_bytes"])),
                 **({"tokens": v["tokens"], "bits": v["bits"]} if "tokens" in v else {})}
             for p, v in edge["paths"].items()}

@@ -61,7 +61,8 @@ def tiny_condition(results: list[dict], warmup: dict) -> dict:
             "payload_bytes_p50": percentiles(r["payload_bytes"] for r in mine)["p50"],
             "rpcs": max(r["rpcs"] for r in mine),
             "answered": sum(bool(r["answer"]) for r in mine),
-            "correct": sum(is_correct(r["answer"], r["expected"]) for r in mine)}
+            "correct": sum(is_correct(r["answer"], r["expected"]) for r in mine),
+            "samples_ms": [r["total_ms"] for r in mine]}
     fixed = [p for p in TINY_PATHS if p != "auto"]
     oracle = min(fixed, key=lambda p: rows[p]["p50"])
     auto_rows = [r for r in results if r["path"] == "auto"]
