@@ -64,6 +64,8 @@ def _bench_codec(args) -> int:
 
 
 def _bench(args) -> int:
+    from alignedvq.extras import require
+
     if args.suite == "batching":
         # The lead's serving benchmark; imported lazily (and only when asked for).
         from alignedvq.benchmarks.batching import main as batching
@@ -75,14 +77,21 @@ def _bench(args) -> int:
 
         return load(clients=args.clients, seconds=5.0 if args.quick else args.seconds,
                     as_json=args.json)
+    if args.suite == "auto":
+        require("alignedvq bench auto", "matplotlib", "skimage")  # its figure; 7B photos
+        from alignedvq.benchmarks.auto_latency import run as auto_latency
+
+        report = auto_latency(Path(args.out or "runs/bench-auto"), quick=args.quick,
+                              link=args.link)
+        if args.json:
+            print(json.dumps(report))
+        return 0
     if args.suite == "edge":
         from alignedvq.benchmarks.edge_runtime import main as edge
 
         return edge(repeats=3 if args.quick else 20, agent_runs=1 if args.quick else 5,
                     include_7b=not (args.quick or args.no_7b), threads=args.threads,
                     as_json=args.json)
-    from alignedvq.extras import require
-
     # The report's figures (matplotlib) and its 7B JPEG rows (scikit-image's photographs).
     require("alignedvq bench", "matplotlib", "skimage")
     from alignedvq.benchmarks.report import SECTIONS
@@ -94,8 +103,8 @@ def _bench(args) -> int:
         print(f"error: unknown section(s) {', '.join(unknown)}; choose from "
               f"{', '.join(SECTIONS)}", file=sys.stderr)
         return 2
-    return report(quick=args.quick, out=args.out, as_json=args.json, sections=sections,
-                  link=args.link)
+    return report(quick=args.quick, out=args.out or "runs/bench", as_json=args.json,
+                  sections=sections, link=args.link)
 
 
 def _eval(args) -> int:
@@ -320,17 +329,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmarks: the report (accuracy, bytes, latency on "
                                      "emulated links, 7B geometry) or the batching suite")
-    p.add_argument("suite", nargs="?", choices=("report", "batching", "load", "edge"),
+    p.add_argument("suite", nargs="?", choices=("report", "batching", "load", "edge", "auto"),
                    default="report",
                    help="report (default): report.md, report.json and PNGs in --out; "
                         "batching: the server's throughput with dynamic batching off and on; "
                         "load: many concurrent clients, counting answers, refusals, failures; "
                         "edge: the edge half on torch vs ONNX Runtime (compute, edge-agent "
-                        "start-up and memory), embedded model and 7B geometry")
+                        "start-up and memory), embedded model and 7B geometry; "
+                        "auto: edge-agent --mode auto against each fixed path and the oracle "
+                        "on shaped links of 0.25-100 Mbit/s at 20 and 100 ms RTT, tiny model "
+                        "and 7B geometry (auto_latency.md/.json/.png in --out; "
+                        "docs/benchmarks/auto_latency.md)")
     p.add_argument("--quick", action="store_true",
                    help="tiny budgets (a few training steps, few images): a smoke run")
-    p.add_argument("--out", default="runs/bench",
-                   help="report folder; trained codecs and datasets are cached there")
+    p.add_argument("--out", default=None,
+                   help="report folder (default runs/bench; auto: runs/bench-auto); trained "
+                        "codecs and datasets are cached there")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--sections", help="report only: comma-separated subset of "
                                       "rate,bytes,latency,gpu (default: all)")
@@ -351,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=60.0,
                    help="load only: seconds per server configuration (--quick: 5)")
     p.add_argument("--link", choices=("auto", "netns", "proxy"), default="auto",
-                   help="report only: emulate links with network namespaces (needs root) or "
+                   help="report and auto: emulate links with network namespaces (needs root) or "
                         "the loopback shaping proxy; auto = namespaces when possible")
     p.set_defaults(func=_bench)
     return parser

@@ -172,3 +172,32 @@ def test_eval_accepts_the_image_modes_old_name():
     result = evaluate(DEFAULT_MODEL_DIR, SAMPLES_DIR / "questions.jsonl", limit=1, mode="jpeg",
                       progress=False)
     assert result["mode"] == "image" and result["n"] == 1 and result["payload_bytes_mean"] > 0
+
+
+@pytest.mark.integration
+def test_bench_auto_one_condition_answers_every_request(default_server, tmp_path):
+    """``alignedvq bench auto``'s tiny part at --quick size for one condition (10 Mbit/s, 20 ms,
+    over the proxy link to the shared server): the JSON's structure, every request answered,
+    auto's first request probing the link it was not told about."""
+    from alignedvq.benchmarks.auto_latency import TINY_PATHS, run
+
+    report = run(tmp_path, quick=True, conditions=[(10, 20)], include_7b=False,
+                 server_address=default_server.address)
+    assert json.loads((tmp_path / "auto_latency.json").read_text()) == report
+    assert (tmp_path / "auto_latency.png").stat().st_size > 0
+    assert "| 10 Mbit/s, 20 ms |" in (tmp_path / "auto_latency.md").read_text()
+    assert report["link"]["kind"] == "proxy" and "llava7b" not in report
+    (c,) = report["tiny"]
+    assert (c["rate_mbit"], c["rtt_ms"]) == (10, 20)
+    assert c["answered"] == c["requests"] == len(TINY_PATHS) * report["repeats"]
+    for path in TINY_PATHS:
+        row = c["paths"][path]
+        assert row["n"] == row["answered"] == report["repeats"]
+        assert 0 < row["p50"] <= row["p95"]
+    assert c["paths"]["image"]["rpcs"] == 2 and c["paths"]["codes@1"]["rpcs"] == 1
+    assert c["oracle"] in ("image", "codes@4", "codes@1")
+    assert sum(c["auto_picks"].values()) == report["repeats"]
+    assert set(c["auto_picks"]) <= {"image", "codes@4", "codes@1"}
+    assert c["auto_warmup"]["probed"] and c["auto_warmup"]["probe_ms"] > 0
+    assert set(c["meets"]) == {"p50_within_5pct_of_oracle", "p95_within_10pct_of_best"}
+    assert _positive(c["auto_over_oracle_p50"]) and _positive(c["auto_over_best_p95"])

@@ -17,13 +17,15 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-def geometry_edge(shrink: bool = False, bits: int = 12, seed: int = 0
-                  ) -> tuple[EdgeVision, AlignedVQ, Preprocess]:
+def geometry_edge(shrink: bool = False, bits: int = 12, seed: int = 0,
+                  split_layer: int | None = None) -> tuple[EdgeVision, AlignedVQ, Preprocess]:
+    """``split_layer``: where to cut (default the feature layer); an earlier cut sends CLS too
+    (577 tokens at the full geometry), as common/split/point.py says."""
     from alignedvq.benchmarks.gpu_geometry import llava_config
 
     torch.manual_seed(seed)
     config = llava_config(shrink)
-    split = SplitPoint.from_config(config)
+    split = SplitPoint.from_config(config, split_layer)
     vc = config.vision_config
     vision = EdgeVision(vc, split).eval()
     # Random weights have no checkpoint to fingerprint; a fixed stand-in labels them.

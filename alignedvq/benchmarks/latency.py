@@ -34,8 +34,12 @@ def log(msg: str) -> None:
 
 
 class _Worker:
-    def __init__(self, wrap, target: str, stderr):
-        cmd = [*wrap, sys.executable, "-m", "alignedvq.benchmarks.latency_client", "--server", target]
+    """An edge worker process speaking JSON lines (``module``: latency_client or, for
+    ``alignedvq bench auto``, auto_client)."""
+
+    def __init__(self, wrap, target: str, stderr,
+                 module: str = "alignedvq.benchmarks.latency_client", extra: tuple = ()):
+        cmd = [*wrap, sys.executable, "-m", module, "--server", target, *extra]
         self.command = " ".join(cmd)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=stderr, text=True, cwd=REPO_ROOT)
@@ -56,10 +60,13 @@ class _Worker:
             raise RuntimeError("the edge worker stopped or did not answer in time")
         return json.loads(line)
 
-    def ask(self, repeats: int, timeout: float) -> list[dict]:
-        self.proc.stdin.write(json.dumps({"repeats": repeats}) + "\n")
+    def send(self, command: dict, timeout: float) -> dict:
+        self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
-        return self.reply(timeout)["results"]
+        return self.reply(timeout)
+
+    def ask(self, repeats: int, timeout: float) -> list[dict]:
+        return self.send({"repeats": repeats}, timeout)["results"]
 
     def close(self) -> None:
         if self.proc.poll() is None:

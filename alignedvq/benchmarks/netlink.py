@@ -108,6 +108,12 @@ class NetnsLink:
     def set_rate(self, mbit: float) -> None:
         self.rate_mbit = mbit   # read by the forwarder thread for the next packet
 
+    def set_delay(self, one_way_delay_ms: float) -> None:
+        """The one-way delay of packets read from now on (the round trip is twice it). Each
+        direction's queue is FIFO and released from its head, so a shorter delay never lets a
+        later packet overtake one still queued."""
+        self.delay = one_way_delay_ms / 1000
+
     def qdiscs(self) -> list[str]:
         out = []
         for dev, ns in zip(self.devs, (self.edge_ns, self.cloud_ns)):
@@ -217,6 +223,10 @@ class ProxyLink:
     def set_rate(self, mbit: float) -> None:
         self.rate_mbit = mbit
 
+    def set_delay(self, one_way_delay_ms: float) -> None:
+        """The one-way delay of chunks read from now on (``_pipe`` keeps their order)."""
+        self.delay = one_way_delay_ms / 1000
+
     def qdiscs(self) -> list[str]:
         return []
 
@@ -244,13 +254,17 @@ class ProxyLink:
         """One direction: a chunk leaves when the link has serialised it, arrives ``delay``
         later; chunks keep their order because departure times never decrease."""
         loop = asyncio.get_running_loop()
-        busy_until = 0.0
+        busy_until = arrives = 0.0
         try:
             while data := await reader.read(65536):
                 start = max(loop.time(), busy_until)
                 busy_until = start + len(data) * 8 / (self.rate_mbit * 1e6)
-                loop.call_at(busy_until + self.delay, _deliver, writer, data)
-            loop.call_at(max(loop.time(), busy_until) + self.delay, _deliver, writer, None)
+                # Never before the previous chunk: set_delay may have shortened the delay
+                # while chunks were still in flight.
+                arrives = max(busy_until + self.delay, arrives)
+                loop.call_at(arrives, _deliver, writer, data)
+            loop.call_at(max(max(loop.time(), busy_until) + self.delay, arrives), _deliver,
+                         writer, None)
         except (ConnectionError, OSError):
             writer.close()
 
