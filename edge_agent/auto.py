@@ -138,8 +138,10 @@ class AutoChoice:
 
 
 def probe_link(stub, model: LatencyModel, padded_bytes: int, metadata, retry) -> None:
-    """An empty probe twice (the first may pay for the connection; the faster counts), then one
-    of ``padded_bytes``."""
+    """Each probe twice, the faster counting: the first empty one may pay for the connection,
+    and the first padded one for TCP's window opening after small requests (a probe that met a
+    closed window measured a 10 Mbit/s link at 1.15, and the chooser then never uploaded:
+    benchmarks/auto_latency.md)."""
     def timed(size: int) -> float:
         request = pb.ProbeLinkRequest(padding=bytes(size))
         started = time.perf_counter()
@@ -147,7 +149,8 @@ def probe_link(stub, model: LatencyModel, padded_bytes: int, metadata, retry) ->
         return (time.perf_counter() - started) * 1000
 
     empty = min(timed(0), timed(0))
-    model.link.probed(empty, timed(padded_bytes), padded_bytes)
+    padded = min(timed(padded_bytes), timed(padded_bytes))
+    model.link.probed(empty, padded, padded_bytes, now=time.time())
 
 
 class AutoAsker:
@@ -204,7 +207,7 @@ class AutoAsker:
         for path, codec in usable.items():
             payloads[path] = codec.request_bytes(question, max_new_tokens)
 
-        probed = not model.link.known()
+        probed = not model.link.known(now=time.time())
         if probed:
             probe_link(self.stub, model, payloads[IMAGE], self.metadata, self.retry)
         ready: dict[Path, tuple[list[bytes], float]] = {}

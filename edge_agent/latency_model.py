@@ -28,6 +28,15 @@ STALE_SLACK_MS = 10.0
 # Below this share of a call's network time the byte term cannot be told from jitter, so such a
 # call (codes: ~100 B) teaches the round trip, and a larger one (an upload) the throughput.
 BYTES_SHARE_FOR_THROUGHPUT = 0.5
+# Paths predicted within this fraction of the fastest are a tie, and the tie goes to the fewest
+# bytes: the difference is inside what the prediction can tell, the larger payload has the
+# heavier tail on a loaded link (benchmarks/auto_latency.md: the upload's p95 / p50 was 1.30
+# against the codes' 1.16 at 10 Mbit/s), and bytes on the wire are a cost of their own.
+TIE_MARGIN = 0.03
+# A link measured longer ago than this is probed again: the device may have moved, and a path
+# that stopped being taken teaches nothing about the link (the throughput is learned from
+# uploads only).
+LINK_TTL_S = 300.0
 
 
 def ema(old: float | None, new: float, weight: float = EMA_WEIGHT) -> float:
@@ -41,9 +50,14 @@ class Link:
     rtt_ms: float | None = None
     kbit_per_s: float | None = None
     stale: bool = True  # nothing measured yet, or a call disagreed: probe before choosing
+    probed_at: float = 0.0  # when it was last probed (seconds since the epoch)
 
-    def known(self) -> bool:
-        return self.rtt_ms is not None and self.kbit_per_s is not None and not self.stale
+    def known(self, now: float | None = None) -> bool:
+        """Measured, not contradicted since and, when ``now`` is given, not older than
+        LINK_TTL_S."""
+        fresh = now is None or now - self.probed_at <= LINK_TTL_S
+        return (self.rtt_ms is not None and self.kbit_per_s is not None and not self.stale
+                and fresh)
 
     def network_ms(self, payload_bytes: int) -> float:
         return self.rtt_ms + self.bytes_ms(payload_bytes)
@@ -51,9 +65,10 @@ class Link:
     def bytes_ms(self, payload_bytes: int) -> float:
         return payload_bytes * 8 / self.kbit_per_s
 
-    def probed(self, empty_ms: float, padded_ms: float, padded_bytes: int) -> None:
+    def probed(self, empty_ms: float, padded_ms: float, padded_bytes: int,
+               now: float = 0.0) -> None:
         """Two probes: an empty one (the round trip) and one of ``padded_bytes``."""
-        self.rtt_ms = empty_ms
+        self.rtt_ms, self.probed_at = empty_ms, now
         # A link faster than the timer can tell is "fast": 10 Gbit/s, where bytes cost nothing.
         extra = max(padded_ms - empty_ms, padded_bytes * 8 / 1e7)
         self.kbit_per_s = padded_bytes * 8 / extra
@@ -129,11 +144,14 @@ class LatencyModel:
                           self.link.network_ms(payload_bytes), server)
 
     def choose(self, payloads: dict[Path, int]) -> tuple[Prediction, list[Prediction]]:
-        """The path of lowest predicted latency, and every prediction (fastest first), from
-        each path's payload size. Needs the link measured and every path profiled."""
+        """The path of lowest predicted latency (of those within TIE_MARGIN of it, the one of
+        fewest bytes), and every prediction (fastest first), from each path's payload size.
+        Needs the link measured and every path profiled."""
         predictions = sorted((self.predict(p, b) for p, b in payloads.items()),
                              key=lambda pr: (pr.total_ms, pr.path.name))
-        return predictions[0], predictions
+        tied = [p for p in predictions
+                if p.total_ms <= predictions[0].total_ms * (1 + TIE_MARGIN)]
+        return min(tied, key=lambda p: (p.payload_bytes, p.total_ms)), predictions
 
     def observe_edge(self, path: Path, edge_ms: float) -> None:
         self.edge_ms[path.name] = ema(self.edge_ms.get(path.name), edge_ms)
