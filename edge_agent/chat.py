@@ -43,9 +43,11 @@ class Chat:
     """``ask_with_image(question, history) -> Result``: the session's own first-turn path (the
     image crosses); ``session``: the edge-agent session (stub, metadata, retry, generation)."""
 
-    def __init__(self, session, ask_with_image: Callable[..., Result], out: TextIO = sys.stdout,
-                 err: TextIO = sys.stderr):
-        self.session, self.ask_with_image, self.out, self.err = session, ask_with_image, out, err
+    def __init__(self, session, ask_with_image: Callable[..., Result],
+                 out: TextIO | None = None, err: TextIO | None = None):
+        self.session, self.ask_with_image = session, ask_with_image
+        # The streams of the moment (a caller may have redirected them), not of import time.
+        self.out, self.err = out or sys.stdout, err or sys.stderr
         self.json = session.args.json
         self.history: list[tuple[str, str]] = []
         self.handle = b""
