@@ -4,7 +4,8 @@
   message become INVALID_ARGUMENT with a short message (never a traceback, UNKNOWN or INTERNAL),
   and the size of each message as it arrived on the wire is recorded (``Call.received``: what
   ``AnswerSummary.payload_bytes`` reports, not a re-encoding);
-* authentication (``--auth-token-file``) for the inference service;
+* authentication (``--auth-token-file``) for the inference service, which also names the
+  caller (``Call.identity``);
 * domain errors (``cloud_server.errors``) mapped to status codes by the one table, ``status_for``;
 * for the inference service, one log line and one ``alignedvq_requests_total`` count per call,
   however it ends, auth refusals included.
@@ -60,6 +61,9 @@ class Call:
         self.first_token: float | None = None
         self.ended = False
         self.log_ok = True  # False: a successful call is counted but not logged
+        # Who is calling: its token's digest when the server requires tokens; "" (one caller
+        # for all) without auth. Image handles are scoped to it.
+        self.identity = ""
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -157,7 +161,8 @@ class _Method:
         if not self.owned:
             return  # health probes and reflection need no credentials
         if self.layer.authenticate is not None:
-            self.layer.authenticate(self.metadata)  # raises Unauthenticated
+            # Raises Unauthenticated; returns the caller's identity.
+            call.identity = self.layer.authenticate(self.metadata) or ""
         await context.send_initial_metadata(((METADATA_KEY, call.request_id),))
 
     def ended(self, call: Call, code: grpc.StatusCode, detail: str = "") -> None:

@@ -78,6 +78,18 @@ class ServerConfig(BaseModel):
     request_timeout_seconds: float = Field(60.0, gt=0,
                                            description="server-side deadline per request "
                                            "(queueing + generation); DEADLINE_EXCEEDED after it")
+    # Conversations (cloud_server/conversations.py): images kept for follow-up questions.
+    image_cache_bytes: int = Field(256 * 1024 * 1024, ge=0,
+                                   description="most bytes of image embeddings kept for "
+                                   "follow-up questions (least recently used go first; held "
+                                   "where the model runs, so GPU memory on a GPU); 0 keeps none "
+                                   "and issues no image handles")
+    image_handle_ttl_seconds: float = Field(600.0, gt=0,
+                                            description="an image handle expires this long "
+                                            "after its last use")
+    max_history_turns: int = Field(8, ge=0, description="earlier turns a request's history may "
+                                   "carry (each question and answer at most "
+                                   "--max-question-chars)")
     metrics_port: int | None = Field(None, ge=0, le=65535,
                                      description="serve Prometheus metrics on this port "
                                      "(0 picks one); off when unset")

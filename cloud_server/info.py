@@ -41,4 +41,8 @@ def server_info(model: CloudModel, config: ServerConfig) -> pb.GetServerInfoResp
         patch_grid=c.image_size // c.patch_size, encodings=default.encodings,
         max_image_pixels=config.max_image_pixels,
         request_timeout_seconds=config.request_timeout_seconds,
-        split_points=[default, *others])
+        split_points=[default, *others],
+        # v1.2: conversations (no handles, so no TTL, from a server that keeps no images).
+        image_handle_ttl_seconds=(config.image_handle_ttl_seconds
+                                  if config.image_cache_bytes else 0.0),
+        max_history_turns=config.max_history_turns)

@@ -3,12 +3,15 @@ or an embedding program can run several servers in one process.
 
 What a fleet operator watches: how many requests by mode and outcome, how many bytes they
 carried and how much smaller than fp16 features that is, how deep the queue is, how long
-requests take (whole and to the first token), and how many tokens the model produces.
+requests take (whole and to the first token), how many tokens the model produces and why its
+answers end, and how the images kept for follow-up questions fare (hits, misses, evictions,
+bytes held).
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # Payloads run from ~100 B (12-bit indices, tiny model) to MBs (fp16 features at 7B scale).
 BYTES_BUCKETS = (64, 128, 256, 512, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
@@ -45,6 +48,14 @@ class Metrics:
             "alignedvq_request_tokens_per_second", "Each request's generated tokens per second "
             "of generation", buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000), registry=r)
 
+        self.finish_reasons = Counter("alignedvq_finish_reasons", "Answers by why they ended: "
+                                      "end, length, stop_string, or cancelled (stopped while "
+                                      "generating)", ["reason"], registry=r)
+
+    def watch_images(self, cache) -> None:
+        """The image cache's own counts (cloud_server/image_cache.py), read when scraped."""
+        self.registry.register(_ImageCacheCollector(cache))
+
     def watch(self, engine) -> None:
         """Queue depth and batch size are read from the engine's own statistics when scraped,
         never stale."""
@@ -55,3 +66,30 @@ class Metrics:
         """Starts the /metrics HTTP endpoint; returns the bound port (``port`` 0 picks one)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server.server_port
+
+
+class _ImageCacheCollector:
+    def __init__(self, cache):
+        self.cache = cache
+
+    def describe(self):
+        return []  # registered without a description: collected only when scraped
+
+    def collect(self):
+        s = self.cache.stats()
+        lookups = CounterMetricFamily("alignedvq_image_handle_lookups", "Follow-up requests' "
+                                      "image handles looked up: hit, or miss (unknown, expired "
+                                      "or another caller's)", labels=["result"])
+        lookups.add_metric(["hit"], s.hits)
+        lookups.add_metric(["miss"], s.misses)
+        yield lookups
+        evictions = CounterMetricFamily("alignedvq_image_cache_evictions", "Images dropped from "
+                                        "the cache: lru (to make room) or expired (TTL)",
+                                        labels=["reason"])
+        evictions.add_metric(["lru"], s.evicted)
+        evictions.add_metric(["expired"], s.expired)
+        yield evictions
+        yield GaugeMetricFamily("alignedvq_image_cache_bytes", "Bytes of image embeddings held "
+                                "for follow-up questions", value=s.bytes)
+        yield GaugeMetricFamily("alignedvq_image_cache_entries", "Images held for follow-up "
+                                "questions", value=s.entries)

@@ -16,6 +16,7 @@ Misconfiguration (half a TLS setup, unreadable files, an empty token file) raise
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -120,7 +121,9 @@ class BearerTokens:
     def __init__(self, tokens: TokenFile):
         self.tokens = tokens
 
-    def check(self, metadata) -> None:
+    def check(self, metadata) -> str:
+        """The caller's identity (its token's digest: conversations' image handles are scoped
+        to it, cloud_server/conversations.py), or Unauthenticated."""
         values = [v for k, v in (metadata or ()) if k == "authorization"]
         if not values:
             raise Unauthenticated("this server requires a bearer token: send metadata "
@@ -142,6 +145,8 @@ class BearerTokens:
         if not ok:
             raise Unauthenticated("the bearer token is not one this server accepts; expected a "
                                   "token listed in the server's --auth-token-file")
+        # A digest, never the token itself: identities end up in memory beside cached images.
+        return "token:" + hashlib.sha256(given_bytes).hexdigest()
 
 
 @dataclass
@@ -149,7 +154,8 @@ class ServerSecurity:
     """What ``cloud-server`` binds with and intercepts calls with, built from its config."""
 
     credentials: grpc.ServerCredentials | None = None
-    authenticate: Callable | None = None  # BearerTokens.check, or None without auth
+    # BearerTokens.check (returns the caller's identity), or None without auth
+    authenticate: Callable | None = None
     description: str = "insecure (no TLS), no authentication"
 
     @classmethod

@@ -41,6 +41,7 @@ from edge_agent.client import (
     ask_with_image,
     served_points,
     server_info,
+    with_turn,
 )
 from edge_agent.encoder import EdgeEncoder
 from edge_agent.latency_model import LatencyModel, Path, Prediction
@@ -112,14 +113,17 @@ class EdgeCodec:
     key: str                             # its profile's key in the cache
     load: Callable[[], EdgeEncoder]      # the encoder, loaded on first use
 
-    def request_bytes(self, question: str, max_new_tokens: int) -> int:
+    def request_bytes(self, question: str, max_new_tokens: int,
+                      generation: pb.GenerationParams | None = None, history=()) -> int:
         """What its request will weigh, from its geometry alone (zero bytes stand in for the
         indices: the same size), so no encoder is loaded to know it."""
         chunk = bytes(-(-self.tokens * self.bits // 8))
-        return sum(m.ByteSize() for m in codes_request_messages(
+        messages = codes_request_messages(
             pb.FEATURE_ENCODING_ALIGNEDVQ, self.tokens, self.bits, self.stages,
             [chunk] * self.stages, self.vision_fingerprint, self.codec_fingerprint, question,
-            max_new_tokens))
+            max_new_tokens)
+        with_turn(messages[0].header, generation, history)
+        return sum(m.ByteSize() for m in messages)
 
 
 @dataclass
@@ -185,14 +189,18 @@ class AutoAsker:
         return self.encoders[codec.split_layer]
 
     def ask(self, image, question: str, max_new_tokens: int = 0,
-            on_delta=lambda text: None) -> tuple[Result, AutoChoice]:
+            on_delta=lambda text: None, generation: pb.GenerationParams | None = None,
+            history=()) -> tuple[Result, AutoChoice]:
+        """``generation`` (sampling too) replaces ``max_new_tokens``; ``history``: earlier
+        (question, answer) turns about this image (edge-agent --chat resending it)."""
+        turn = dict(generation=generation, history=history)
         try:
-            return self._ask(image, question, max_new_tokens, on_delta, refresh=False)
+            return self._ask(image, question, max_new_tokens, on_delta, False, turn)
         except IncompatibleServer:
             # The cached info said the server decodes a split point it no longer does.
-            return self._ask(image, question, max_new_tokens, on_delta, refresh=True)
+            return self._ask(image, question, max_new_tokens, on_delta, True, turn)
 
-    def _ask(self, image, question, max_new_tokens, on_delta, refresh: bool):
+    def _ask(self, image, question, max_new_tokens, on_delta, refresh: bool, turn: dict):
         info = self._info(refresh)
         usable = self._usable(info)
         keys = {path.name: codec.key for path, codec in usable.items()}
@@ -201,11 +209,12 @@ class AutoAsker:
         started = time.perf_counter()
         jpeg = jpeg_baseline(image, info.image_size, self.jpeg_quality)
         model.observe_edge(IMAGE, (time.perf_counter() - started) * 1000)
-        upload = pb.AnswerFromImageRequest(image=jpeg, question=question, generation=(
-            pb.GenerationParams(max_new_tokens=max_new_tokens) if max_new_tokens else None))
+        upload = with_turn(pb.AnswerFromImageRequest(image=jpeg, question=question, generation=(
+            pb.GenerationParams(max_new_tokens=max_new_tokens) if max_new_tokens else None)),
+            **turn)
         payloads = {IMAGE: upload.ByteSize()}
         for path, codec in usable.items():
-            payloads[path] = codec.request_bytes(question, max_new_tokens)
+            payloads[path] = codec.request_bytes(question, max_new_tokens, **turn)
 
         probed = not model.link.known(now=time.time())
         if probed:
@@ -229,12 +238,12 @@ class AutoAsker:
             result = ask_with_image(self.stub, image, question, info.image_size,
                                     self.jpeg_quality, max_new_tokens, on_delta,
                                     metadata=self.metadata, retry=self.retry, jpeg=jpeg,
-                                    jpeg_ms=model.edge_ms[IMAGE.name])
+                                    jpeg_ms=model.edge_ms[IMAGE.name], **turn)
         else:
             chunks, edge_ms = ready.get(chosen.path, (None, None))
             result = ask_with_codes(self.stub, self._encoder(usable[chosen.path]), image,
                                     question, max_new_tokens, on_delta, metadata=self.metadata,
-                                    retry=self.retry, chunks=chunks, edge_ms=edge_ms)
+                                    retry=self.retry, chunks=chunks, edge_ms=edge_ms, **turn)
         model.observe_call(chosen.path, result.payload_bytes, result.edge_ms, result.cloud_ms,
                            result.total_ms, edge_warm=chosen.path in self.warm)
         self.warm.add(chosen.path)

@@ -16,6 +16,11 @@ encoding anything (two RPCs). ``--mode image`` always asks ``GetServerInfo`` fir
 the JPEG is the exact square the server's model sees, and an image-mode edge holds no model to
 read that size from.
 
+``--chat``: a conversation about the image: questions from standard input, one per line, each
+answered in turn; the image is sent once, later questions name it by the handle the server
+returned (edge_agent/chat.py). Sampling flags (``--temperature``, ``--top-p``, ...) apply to
+every mode.
+
 Exit codes: 0 answered; 1 the call failed (gRPC status, with a hint where one helps); 2 bad
 flags or files, or an image it refuses; 3 incompatible server.
 """
@@ -52,6 +57,7 @@ from common.wire.channels import channel, grpc_target
 from common.wire.modes import ALIGNEDVQ, EDGE_MODES, FEATURE_MODES, IMAGE_MODE
 from common.wire.request_ids import METADATA_KEY, is_valid, new_request_id
 from edge_agent.auto import AutoAsker, AutoCache, EdgeCodec, default_cache_path
+from edge_agent.chat import Chat
 from edge_agent.client import (
     IncompatibleServer,
     Result,
@@ -62,6 +68,7 @@ from edge_agent.client import (
     read_token,
     server_info,
 )
+from edge_agent.generation import add_generation_flags, generation_params
 from edge_agent.retry import ConnectionRefusedByServer, Retrying, channel_ready, listener_accepts
 
 TLS_HINT = ("edge-agent: the server refused the connection (TLS handshake): a TLS server needs "
@@ -87,7 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="refuse images whose header claims more pixels (default %(default)s), "
                         "before decoding them")
-    p.add_argument("--question", required=True, help="the question, in the model's language")
+    p.add_argument("--question", help="the question, in the model's language (required, "
+                                      "except with --chat: its first question)")
+    p.add_argument("--chat", action="store_true",
+                   help="a conversation about the image: questions read from standard input, "
+                        "one per line, after --question if given; the image is sent once, "
+                        "follow-ups send the server's image handle and the earlier turns "
+                        "(--json: one object per answer)")
     p.add_argument("--server", default="127.0.0.1:50051",
                    help="cloud server HOST:PORT; a comma-separated list of IP:PORT replicas, or "
                         "any gRPC target (dns:///NAME:PORT); calls are spread round-robin")
@@ -143,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--jpeg-quality", type=int, default=90,
                    help="--mode image: JPEG quality (90 is the paper's baseline)")
-    p.add_argument("--max-new-tokens", type=int, default=0, help="0 = the server's default")
+    add_generation_flags(p)
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds per call, waiting for a starting server and retries included")
     p.add_argument("--no-wait", action="store_true",
@@ -179,6 +192,8 @@ class Session:
     retry: Retrying
     metadata: tuple
     codecs: list[EdgeCodec] = field(default_factory=list)  # --mode auto's encoders
+    generation: object = None  # the request's GenerationParams, None when no flag sets one
+    asker: AutoAsker | None = None  # --mode auto's, made by the first question
 
 
 def _rpc_hint(error: grpc.RpcError, session: Session | None) -> str | None:
@@ -233,6 +248,11 @@ def exit_for(error: Exception, session: Session | None) -> int | None:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    if args.question is None and not args.chat:
+        raise BadInput("--question is required (or --chat, which reads questions from "
+                       "standard input)")
+    if args.chat and args.dump_payload:
+        raise BadInput("--dump-payload writes one request; leave it out with --chat")
     if args.runtime == "onnx" and args.mode not in (ALIGNEDVQ, AUTO):
         raise BadInput(f"--runtime onnx sends codebook indices only "
                        f"(--mode alignedvq), not --mode {args.mode}")
@@ -374,41 +394,58 @@ def build(args: argparse.Namespace) -> Session:
         codecs = auto_codecs(args) if auto else []
         image = build_image(args, onnx_edge)
         ch, stub, retry, metadata = build_call(args)
+        # A value protobuf cannot hold (a negative --seed) is a ValueError here.
+        generation = generation_params(args)
     except ImageRefused:
         raise
     except (OSError, ValueError, KeyError) as e:  # bad flags or files; later ones would be bugs
         raise BadInput(str(e)) from e
-    return Session(args, image, onnx_edge, ch, stub, retry, metadata, codecs)
+    return Session(args, image, onnx_edge, ch, stub, retry, metadata, codecs, generation)
 
 
 # --- ask -------------------------------------------------------------------------------------
 
-def ask(s: Session) -> Result:
+def ask(s: Session, question: str | None = None, history=(), stream=None) -> Result:
+    """One question (default ``--question``) about the image, which this request sends;
+    ``history``: earlier (question, answer) turns (``--chat`` sending the image again)."""
     args = s.args
-    stream = (lambda t: None) if args.json else (lambda t: print(t, end="", flush=True))
+    question = args.question if question is None else question
+    if stream is None:
+        stream = (lambda t: None) if args.json else (lambda t: print(t, end="", flush=True))
+    turn = dict(generation=s.generation, history=history)
     if args.mode == AUTO:
-        where = args.auto_cache or str(default_cache_path())
-        cache = AutoCache(None if where.lower() == "none" else Path(where))
-        asker = AutoAsker(s.stub, args.server, s.codecs, cache, s.metadata, s.retry,
-                          args.jpeg_quality)
-        result, choice = asker.ask(s.image, args.question, args.max_new_tokens, stream)
+        if s.asker is None:
+            where = args.auto_cache or str(default_cache_path())
+            cache = AutoCache(None if where.lower() == "none" else Path(where))
+            s.asker = AutoAsker(s.stub, args.server, s.codecs, cache, s.metadata, s.retry,
+                                args.jpeg_quality)
+        s.asker.metadata = s.metadata  # --chat: this turn's request id
+        result, choice = s.asker.ask(s.image, question, args.max_new_tokens, stream, **turn)
         result.auto = choice.as_json()
         return result
     if args.mode == IMAGE_MODE:
         info = server_info(s.stub, metadata=s.metadata, retry=s.retry)
         image = load_model_input(args.image, info.image_size, args.max_image_pixels)
-        return ask_with_image(s.stub, image, args.question, info.image_size, args.jpeg_quality,
-                              args.max_new_tokens, stream, metadata=s.metadata, retry=s.retry)
+        return ask_with_image(s.stub, image, question, info.image_size, args.jpeg_quality,
+                              args.max_new_tokens, stream, metadata=s.metadata, retry=s.retry,
+                              **turn)
     info = server_info(s.stub, metadata=s.metadata, retry=s.retry) if args.check_server \
         else None
     # Loaded after --check-server's answer, as before: a server that is down or still loading
     # is waited for before the torch edge's start-up is paid (the comparison itself needs the
-    # edge's fingerprints, so an incompatible server is refused after it).
-    edge = s.edge or load_torch_edge(args)
+    # edge's fingerprints, so an incompatible server is refused after it). Kept for --chat.
+    s.edge = s.edge or load_torch_edge(args)
     if info is not None:
-        check_compatible(info, edge)
-    return ask_with_codes(s.stub, edge, s.image, args.question, args.max_new_tokens, stream,
-                          metadata=s.metadata, retry=s.retry)
+        check_compatible(info, s.edge)
+    return ask_with_codes(s.stub, s.edge, s.image, question, args.max_new_tokens, stream,
+                          metadata=s.metadata, retry=s.retry, **turn)
+
+
+def chat(s: Session) -> int:
+    """``--chat``: the conversation (edge_agent/chat.py); the first turn, and any turn that has
+    to send the image again, is :func:`ask`'s."""
+    conversation = Chat(s, lambda question, history, stream: ask(s, question, history, stream))
+    return conversation.run(s.args.question, sys.stdin)
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -433,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse(argv)
         session = build(args)
+        if args.chat:
+            return chat(session)
         result = ask(session)
     except Exception as error:
         code = exit_for(error, session)

@@ -158,3 +158,37 @@ def test_node_edge_refuses_a_missing_export(tmp_path):
                         str(SAMPLES_DIR / ROWS[0]["image"]), "--question", "q", "--onnx-dir",
                         str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "alignedvq export-edge" in r.stderr
+
+
+def test_node_edge_samples_and_follows_up_by_image_handle(server, exported_edge):
+    """Contract v1.2 from Node: sampling fields in GenerationParams, the new summary fields, and
+    follow-ups that send the header alone with the server's handle and the turns so far. The
+    greedy follow-up answers equal those of the Python client asking the same conversation
+    with the handle Node was given."""
+    import grpc
+
+    from alignedvq.v1 import inference_pb2_grpc as pb_grpc
+    from edge_agent.client import ask_follow_up
+
+    first, then = ROWS[5], ["what shape is the red object?", "where is the green object?"]
+    args = ["--server", server.address, "--image", str(SAMPLES_DIR / first["image"]),
+            "--question", first["question"], "--onnx-dir", str(exported_edge), "--json"]
+    run = [NODE, str(CLIENT_DIR / "edge.js"), *args,
+           *[a for q in then for a in ("--follow-up", q)]]
+    r = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    assert out["cached_tokens"] == 0 and out["finish_reason"] == "end" and out["seed"] is None
+    stub = pb_grpc.InferenceServiceStub(grpc.insecure_channel(server.address))
+    handle = bytes.fromhex(out["image_handle"])
+    history = [(first["question"], out["answer"])]
+    for question, node in zip(then, out["follow_ups"]):
+        python = ask_follow_up(stub, handle, question, history, timeout=60)
+        assert node["answer"] == python.answer and node["cached_tokens"] > 0
+        assert node["payload_bytes"] == node["server_payload_bytes"] < out["payload_bytes"]
+        history.append((question, python.answer))
+    sampled = subprocess.run([NODE, str(CLIENT_DIR / "edge.js"), *args, "--temperature",
+                              "1.5", "--seed", "11", "--top-k", "5", "--stop", "zz"],
+                             capture_output=True, text=True, timeout=120)
+    assert sampled.returncode == 0, sampled.stderr[-2000:]
+    assert json.loads(sampled.stdout)["seed"] == 11

@@ -317,6 +317,44 @@ def test_good_request_after_refusals(servers, pki):
 
 
 @pytest.mark.integration
+def test_an_image_handle_never_resolves_for_another_token(servers, pki, token_file):
+    """Handles are scoped to the caller's token: the same image sent by two callers gets two
+    handles, and one caller's handle is unknown to the other (FAILED_PRECONDITION)."""
+    stub = pb_grpc.InferenceServiceStub(channel(servers["tls"].address, tls_ca=pki["ca"]))
+    original = token_file.read_text()
+    try:
+        token_file.write_text(f"{TOKEN}\n{TOKEN_2}\n")
+        deadline = time.monotonic() + 10  # the server re-checks the file once a second
+        while True:
+            try:
+                call(stub, "GetServerInfo", auth_metadata(TOKEN_2))
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "the second token was not accepted in 10 s"
+                time.sleep(0.1)
+        def first_turn(token):  # the same image from each caller
+            metadata = auth_metadata(token)
+            return list(stub.AnswerFromImage(image_request(stub, metadata), timeout=120,
+                                             metadata=metadata))[-1].summary
+
+        first, other = first_turn(TOKEN), first_turn(TOKEN_2)
+        assert first.image_handle and other.image_handle != first.image_handle
+
+        def follow_up(handle, token):
+            request = pb.AnswerFromImageRequest(question=QUESTION, image_handle=handle)
+            return list(stub.AnswerFromImage(request, timeout=120,
+                                             metadata=auth_metadata(token)))[-1].summary
+
+        assert follow_up(first.image_handle, TOKEN).cached_tokens > 0
+        for handle, token in ((first.image_handle, TOKEN_2), (other.image_handle, TOKEN)):
+            error = status_of(follow_up, handle, token)
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+        assert follow_up(other.image_handle, TOKEN_2).answer  # each still has its own
+    finally:
+        token_file.write_text(original)
+
+
+@pytest.mark.integration
 def test_token_rotation_without_restart(servers, pki, token_file):
     stub = pb_grpc.InferenceServiceStub(channel(servers["tls"].address, tls_ca=pki["ca"]))
 

@@ -24,41 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61lignedvq/v1/inference.proto\x12\x0c\x61lignedvq.v1\"*\n\x10GenerationParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\"\x93\x02\n\x0b\x43odesHeader\x12\x1a\n\x12vision_fingerprint\x18\x01 \x01(\x0c\x12\x19\n\x11\x63odec_fingerprint\x18\x02 \x01(\x0c\x12/\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1d.alignedvq.v1.FeatureEncoding\x12\x0e\n\x06tokens\x18\x04 \x01(\r\x12\x0c\n\x04\x62its\x18\x05 \x01(\r\x12\x0e\n\x06stages\x18\x06 \x01(\r\x12\x10\n\x08question\x18\x07 \x01(\t\x12\x32\n\ngeneration\x18\x08 \x01(\x0b\x32\x1e.alignedvq.v1.GenerationParams\x12\x18\n\x0bsplit_layer\x18\t \x01(\rH\x00\x88\x01\x01\x42\x0e\n\x0c_split_layer\"3\n\nCodesChunk\x12\r\n\x05stage\x18\x01 \x01(\r\x12\x16\n\x0epacked_indices\x18\x02 \x01(\x0c\"x\n\x16\x41nswerFromCodesRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.alignedvq.v1.CodesHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.alignedvq.v1.CodesChunkH\x00\x42\x06\n\x04part\"\xbe\x02\n\rAnswerSummary\x12\x15\n\rpayload_bytes\x18\x01 \x01(\x04\x12\x11\n\tdecode_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x13\n\x0bgenerate_ms\x18\x04 \x01(\x01\x12\x18\n\x10tokens_generated\x18\x05 \x01(\r\x12\x10\n\x08model_id\x18\x06 \x01(\t\x12\x19\n\x11\x63odec_fingerprint\x18\x07 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x08 \x01(\t\x12\x12\n\nbatch_size\x18\t \x01(\r\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x1f\n\x17\x63odec_fingerprint_bytes\x18\x0b \x01(\x0c\x12\x12\n\nprepare_ms\x18\x0c \x01(\x01\x12\x18\n\x0bsplit_layer\x18\r \x01(\rH\x00\x88\x01\x01\x42\x0e\n\x0c_split_layer\"g\n\x17\x41nswerFromCodesResponse\x12\x14\n\ntext_delta\x18\x01 \x01(\tH\x00\x12.\n\x07summary\x18\x02 \x01(\x0b\x32\x1b.alignedvq.v1.AnswerSummaryH\x00\x42\x06\n\x04part\"m\n\x16\x41nswerFromImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x32\n\ngeneration\x18\x03 \x01(\x0b\x32\x1e.alignedvq.v1.GenerationParams\"g\n\x17\x41nswerFromImageResponse\x12\x14\n\ntext_delta\x18\x01 \x01(\tH\x00\x12.\n\x07summary\x18\x02 \x01(\x0b\x32\x1b.alignedvq.v1.AnswerSummaryH\x00\x42\x06\n\x04part\"\x16\n\x14GetServerInfoRequest\"\xa7\x04\n\x15GetServerInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x1a\n\x12vision_fingerprint\x18\x02 \x01(\x0c\x12\x19\n\x11\x63odec_fingerprint\x18\x03 \x01(\x0c\x12\x13\n\x0bsplit_layer\x18\x04 \x01(\r\x12\x15\n\rcodebook_size\x18\x05 \x01(\r\x12\x0c\n\x04\x62its\x18\x06 \x01(\r\x12\x0e\n\x06stages\x18\x07 \x01(\r\x12\x0e\n\x06tokens\x18\x08 \x01(\r\x12\x12\n\nimage_size\x18\t \x01(\r\x12\x1a\n\x12max_question_chars\x18\n \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x0b \x01(\r\x12\x19\n\x11max_message_bytes\x18\x0c \x01(\x04\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\r \x01(\r\x12\x15\n\rfeature_layer\x18\x0e \x01(\r\x12\x15\n\rvision_layers\x18\x0f \x01(\r\x12\x14\n\x0c\x63ls_included\x18\x10 \x01(\x08\x12\x12\n\npatch_grid\x18\x11 \x01(\r\x12\x30\n\tencodings\x18\x12 \x03(\x0e\x32\x1d.alignedvq.v1.FeatureEncoding\x12\x18\n\x10max_image_pixels\x18\x13 \x01(\x04\x12\x1f\n\x17request_timeout_seconds\x18\x14 \x01(\x01\x12.\n\x0csplit_points\x18\x15 \x03(\x0b\x32\x18.alignedvq.v1.SplitPoint\"\xe5\x01\n\nSplitPoint\x12\x13\n\x0bsplit_layer\x18\x01 \x01(\r\x12\x1a\n\x12vision_fingerprint\x18\x02 \x01(\x0c\x12\x19\n\x11\x63odec_fingerprint\x18\x03 \x01(\x0c\x12\x15\n\rcodebook_size\x18\x04 \x01(\r\x12\x0c\n\x04\x62its\x18\x05 \x01(\r\x12\x0e\n\x06stages\x18\x06 \x01(\r\x12\x0e\n\x06tokens\x18\x07 \x01(\r\x12\x14\n\x0c\x63ls_included\x18\x08 \x01(\x08\x12\x30\n\tencodings\x18\t \x03(\x0e\x32\x1d.alignedvq.v1.FeatureEncoding\"#\n\x10ProbeLinkRequest\x12\x0f\n\x07padding\x18\x01 \x01(\x0c\"+\n\x11ProbeLinkResponse\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x04*\x89\x01\n\x0f\x46\x65\x61tureEncoding\x12 \n\x1c\x46\x45\x41TURE_ENCODING_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x46\x45\x41TURE_ENCODING_ALIGNEDVQ\x10\x01\x12\x19\n\x15\x46\x45\x41TURE_ENCODING_FP16\x10\x02\x12\x19\n\x15\x46\x45\x41TURE_ENCODING_INT8\x10\x03\x32\x80\x03\n\x10InferenceService\x12\x62\n\x0f\x41nswerFromCodes\x12$.alignedvq.v1.AnswerFromCodesRequest\x1a%.alignedvq.v1.AnswerFromCodesResponse(\x01\x30\x01\x12`\n\x0f\x41nswerFromImage\x12$.alignedvq.v1.AnswerFromImageRequest\x1a%.alignedvq.v1.AnswerFromImageResponse0\x01\x12X\n\rGetServerInfo\x12\".alignedvq.v1.GetServerInfoRequest\x1a#.alignedvq.v1.GetServerInfoResponse\x12L\n\tProbeLink\x12\x1e.alignedvq.v1.ProbeLinkRequest\x1a\x1f.alignedvq.v1.ProbeLinkResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61lignedvq/v1/inference.proto\x12\x0c\x61lignedvq.v1\"\x90\x02\n\x10GenerationParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x05\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x07\n\x05_seedB\x15\n\x13_repetition_penalty\"(\n\x04Turn\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x02 \x01(\t\"\xce\x02\n\x0b\x43odesHeader\x12\x1a\n\x12vision_fingerprint\x18\x01 \x01(\x0c\x12\x19\n\x11\x63odec_fingerprint\x18\x02 \x01(\x0c\x12/\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1d.alignedvq.v1.FeatureEncoding\x12\x0e\n\x06tokens\x18\x04 \x01(\r\x12\x0c\n\x04\x62its\x18\x05 \x01(\r\x12\x0e\n\x06stages\x18\x06 \x01(\r\x12\x10\n\x08question\x18\x07 \x01(\t\x12\x32\n\ngeneration\x18\x08 \x01(\x0b\x32\x1e.alignedvq.v1.GenerationParams\x12\x18\n\x0bsplit_layer\x18\t \x01(\rH\x00\x88\x01\x01\x12\x14\n\x0cimage_handle\x18\n \x01(\x0c\x12#\n\x07history\x18\x0b \x03(\x0b\x32\x12.alignedvq.v1.TurnB\x0e\n\x0c_split_layer\"3\n\nCodesChunk\x12\r\n\x05stage\x18\x01 \x01(\r\x12\x16\n\x0epacked_indices\x18\x02 \x01(\x0c\"x\n\x16\x41nswerFromCodesRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.alignedvq.v1.CodesHeaderH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.alignedvq.v1.CodesChunkH\x00\x42\x06\n\x04part\"\xba\x03\n\rAnswerSummary\x12\x15\n\rpayload_bytes\x18\x01 \x01(\x04\x12\x11\n\tdecode_ms\x18\x02 \x01(\x01\x12\x10\n\x08queue_ms\x18\x03 \x01(\x01\x12\x13\n\x0bgenerate_ms\x18\x04 \x01(\x01\x12\x18\n\x10tokens_generated\x18\x05 \x01(\r\x12\x10\n\x08model_id\x18\x06 \x01(\t\x12\x19\n\x11\x63odec_fingerprint\x18\x07 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x08 \x01(\t\x12\x12\n\nbatch_size\x18\t \x01(\r\x12\x12\n\nrequest_id\x18\n \x01(\t\x12\x1f\n\x17\x63odec_fingerprint_bytes\x18\x0b \x01(\x0c\x12\x12\n\nprepare_ms\x18\x0c \x01(\x01\x12\x18\n\x0bsplit_layer\x18\r \x01(\rH\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x0e \x01(\x04H\x01\x88\x01\x01\x12\x31\n\rfinish_reason\x18\x0f \x01(\x0e\x32\x1a.alignedvq.v1.FinishReason\x12\x15\n\rcached_tokens\x18\x10 \x01(\r\x12\x14\n\x0cimage_handle\x18\x11 \x01(\x0c\x42\x0e\n\x0c_split_layerB\x07\n\x05_seed\"g\n\x17\x41nswerFromCodesResponse\x12\x14\n\ntext_delta\x18\x01 \x01(\tH\x00\x12.\n\x07summary\x18\x02 \x01(\x0b\x32\x1b.alignedvq.v1.AnswerSummaryH\x00\x42\x06\n\x04part\"\xa8\x01\n\x16\x41nswerFromImageRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x10\n\x08question\x18\x02 \x01(\t\x12\x32\n\ngeneration\x18\x03 \x01(\x0b\x32\x1e.alignedvq.v1.GenerationParams\x12\x14\n\x0cimage_handle\x18\x04 \x01(\x0c\x12#\n\x07history\x18\x05 \x03(\x0b\x32\x12.alignedvq.v1.Turn\"g\n\x17\x41nswerFromImageResponse\x12\x14\n\ntext_delta\x18\x01 \x01(\tH\x00\x12.\n\x07summary\x18\x02 \x01(\x0b\x32\x1b.alignedvq.v1.AnswerSummaryH\x00\x42\x06\n\x04part\"\x16\n\x14GetServerInfoRequest\"\xe4\x04\n\x15GetServerInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x1a\n\x12vision_fingerprint\x18\x02 \x01(\x0c\x12\x19\n\x11\x63odec_fingerprint\x18\x03 \x01(\x0c\x12\x13\n\x0bsplit_layer\x18\x04 \x01(\r\x12\x15\n\rcodebook_size\x18\x05 \x01(\r\x12\x0c\n\x04\x62its\x18\x06 \x01(\r\x12\x0e\n\x06stages\x18\x07 \x01(\r\x12\x0e\n\x06tokens\x18\x08 \x01(\r\x12\x12\n\nimage_size\x18\t \x01(\r\x12\x1a\n\x12max_question_chars\x18\n \x01(\r\x12\x16\n\x0emax_new_tokens\x18\x0b \x01(\r\x12\x19\n\x11max_message_bytes\x18\x0c \x01(\x04\x12\x13\n\x0b\x66\x65\x61ture_dim\x18\r \x01(\r\x12\x15\n\rfeature_layer\x18\x0e \x01(\r\x12\x15\n\rvision_layers\x18\x0f \x01(\r\x12\x14\n\x0c\x63ls_included\x18\x10 \x01(\x08\x12\x12\n\npatch_grid\x18\x11 \x01(\r\x12\x30\n\tencodings\x18\x12 \x03(\x0e\x32\x1d.alignedvq.v1.FeatureEncoding\x12\x18\n\x10max_image_pixels\x18\x13 \x01(\x04\x12\x1f\n\x17request_timeout_seconds\x18\x14 \x01(\x01\x12.\n\x0csplit_points\x18\x15 \x03(\x0b\x32\x18.alignedvq.v1.SplitPoint\x12 \n\x18image_handle_ttl_seconds\x18\x16 \x01(\x01\x12\x19\n\x11max_history_turns\x18\x17 \x01(\r\"\xe5\x01\n\nSplitPoint\x12\x13\n\x0bsplit_layer\x18\x01 \x01(\r\x12\x1a\n\x12vision_fingerprint\x18\x02 \x01(\x0c\x12\x19\n\x11\x63odec_fingerprint\x18\x03 \x01(\x0c\x12\x15\n\rcodebook_size\x18\x04 \x01(\r\x12\x0c\n\x04\x62its\x18\x05 \x01(\r\x12\x0e\n\x06stages\x18\x06 \x01(\r\x12\x0e\n\x06tokens\x18\x07 \x01(\r\x12\x14\n\x0c\x63ls_included\x18\x08 \x01(\x08\x12\x30\n\tencodings\x18\t \x03(\x0e\x32\x1d.alignedvq.v1.FeatureEncoding\"#\n\x10ProbeLinkRequest\x12\x0f\n\x07padding\x18\x01 \x01(\x0c\"+\n\x11ProbeLinkResponse\x12\x16\n\x0ereceived_bytes\x18\x01 \x01(\x04*\x89\x01\n\x0f\x46\x65\x61tureEncoding\x12 \n\x1c\x46\x45\x41TURE_ENCODING_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x46\x45\x41TURE_ENCODING_ALIGNEDVQ\x10\x01\x12\x19\n\x15\x46\x45\x41TURE_ENCODING_FP16\x10\x02\x12\x19\n\x15\x46\x45\x41TURE_ENCODING_INT8\x10\x03*\x9a\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_END\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1d\n\x19\x46INISH_REASON_STOP_STRING\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x32\x80\x03\n\x10InferenceService\x12\x62\n\x0f\x41nswerFromCodes\x12$.alignedvq.v1.AnswerFromCodesRequest\x1a%.alignedvq.v1.AnswerFromCodesResponse(\x01\x30\x01\x12`\n\x0f\x41nswerFromImage\x12$.alignedvq.v1.AnswerFromImageRequest\x1a%.alignedvq.v1.AnswerFromImageResponse0\x01\x12X\n\rGetServerInfo\x12\".alignedvq.v1.GetServerInfoRequest\x1a#.alignedvq.v1.GetServerInfoResponse\x12L\n\tProbeLink\x12\x1e.alignedvq.v1.ProbeLinkRequest\x1a\x1f.alignedvq.v1.ProbeLinkResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'alignedvq.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FEATUREENCODING']._serialized_start=2078
-  _globals['_FEATUREENCODING']._serialized_end=2215
-  _globals['_GENERATIONPARAMS']._serialized_start=46
-  _globals['_GENERATIONPARAMS']._serialized_end=88
-  _globals['_CODESHEADER']._serialized_start=91
-  _globals['_CODESHEADER']._serialized_end=366
-  _globals['_CODESCHUNK']._serialized_start=368
-  _globals['_CODESCHUNK']._serialized_end=419
-  _globals['_ANSWERFROMCODESREQUEST']._serialized_start=421
-  _globals['_ANSWERFROMCODESREQUEST']._serialized_end=541
-  _globals['_ANSWERSUMMARY']._serialized_start=544
-  _globals['_ANSWERSUMMARY']._serialized_end=862
-  _globals['_ANSWERFROMCODESRESPONSE']._serialized_start=864
-  _globals['_ANSWERFROMCODESRESPONSE']._serialized_end=967
-  _globals['_ANSWERFROMIMAGEREQUEST']._serialized_start=969
-  _globals['_ANSWERFROMIMAGEREQUEST']._serialized_end=1078
-  _globals['_ANSWERFROMIMAGERESPONSE']._serialized_start=1080
-  _globals['_ANSWERFROMIMAGERESPONSE']._serialized_end=1183
-  _globals['_GETSERVERINFOREQUEST']._serialized_start=1185
-  _globals['_GETSERVERINFOREQUEST']._serialized_end=1207
-  _globals['_GETSERVERINFORESPONSE']._serialized_start=1210
-  _globals['_GETSERVERINFORESPONSE']._serialized_end=1761
-  _globals['_SPLITPOINT']._serialized_start=1764
-  _globals['_SPLITPOINT']._serialized_end=1993
-  _globals['_PROBELINKREQUEST']._serialized_start=1995
-  _globals['_PROBELINKREQUEST']._serialized_end=2030
-  _globals['_PROBELINKRESPONSE']._serialized_start=2032
-  _globals['_PROBELINKRESPONSE']._serialized_end=2075
-  _globals['_INFERENCESERVICE']._serialized_start=2218
-  _globals['_INFERENCESERVICE']._serialized_end=2602
+  _globals['_FEATUREENCODING']._serialized_start=2655
+  _globals['_FEATUREENCODING']._serialized_end=2792
+  _globals['_FINISHREASON']._serialized_start=2795
+  _globals['_FINISHREASON']._serialized_end=2949
+  _globals['_GENERATIONPARAMS']._serialized_start=47
+  _globals['_GENERATIONPARAMS']._serialized_end=319
+  _globals['_TURN']._serialized_start=321
+  _globals['_TURN']._serialized_end=361
+  _globals['_CODESHEADER']._serialized_start=364
+  _globals['_CODESHEADER']._serialized_end=698
+  _globals['_CODESCHUNK']._serialized_start=700
+  _globals['_CODESCHUNK']._serialized_end=751
+  _globals['_ANSWERFROMCODESREQUEST']._serialized_start=753
+  _globals['_ANSWERFROMCODESREQUEST']._serialized_end=873
+  _globals['_ANSWERSUMMARY']._serialized_start=876
+  _globals['_ANSWERSUMMARY']._serialized_end=1318
+  _globals['_ANSWERFROMCODESRESPONSE']._serialized_start=1320
+  _globals['_ANSWERFROMCODESRESPONSE']._serialized_end=1423
+  _globals['_ANSWERFROMIMAGEREQUEST']._serialized_start=1426
+  _globals['_ANSWERFROMIMAGEREQUEST']._serialized_end=1594
+  _globals['_ANSWERFROMIMAGERESPONSE']._serialized_start=1596
+  _globals['_ANSWERFROMIMAGERESPONSE']._serialized_end=1699
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=1701
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=1723
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=1726
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=2338
+  _globals['_SPLITPOINT']._serialized_start=2341
+  _globals['_SPLITPOINT']._serialized_end=2570
+  _globals['_PROBELINKREQUEST']._serialized_start=2572
+  _globals['_PROBELINKREQUEST']._serialized_end=2607
+  _globals['_PROBELINKRESPONSE']._serialized_start=2609
+  _globals['_PROBELINKRESPONSE']._serialized_end=2652
+  _globals['_INFERENCESERVICE']._serialized_start=2952
+  _globals['_INFERENCESERVICE']._serialized_end=3336
 # @@protoc_insertion_point(module_scope)

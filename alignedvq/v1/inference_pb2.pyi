@@ -13,19 +13,54 @@ class FeatureEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FEATURE_ENCODING_ALIGNEDVQ: _ClassVar[FeatureEncoding]
     FEATURE_ENCODING_FP16: _ClassVar[FeatureEncoding]
     FEATURE_ENCODING_INT8: _ClassVar[FeatureEncoding]
+
+class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
+    FINISH_REASON_END: _ClassVar[FinishReason]
+    FINISH_REASON_LENGTH: _ClassVar[FinishReason]
+    FINISH_REASON_STOP_STRING: _ClassVar[FinishReason]
+    FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
 FEATURE_ENCODING_UNSPECIFIED: FeatureEncoding
 FEATURE_ENCODING_ALIGNEDVQ: FeatureEncoding
 FEATURE_ENCODING_FP16: FeatureEncoding
 FEATURE_ENCODING_INT8: FeatureEncoding
+FINISH_REASON_UNSPECIFIED: FinishReason
+FINISH_REASON_END: FinishReason
+FINISH_REASON_LENGTH: FinishReason
+FINISH_REASON_STOP_STRING: FinishReason
+FINISH_REASON_CANCELLED: FinishReason
 
 class GenerationParams(_message.Message):
-    __slots__ = ("max_new_tokens",)
+    __slots__ = ("max_new_tokens", "temperature", "top_p", "top_k", "min_p", "seed", "stop", "repetition_penalty")
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MIN_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    REPETITION_PENALTY_FIELD_NUMBER: _ClassVar[int]
     max_new_tokens: int
-    def __init__(self, max_new_tokens: _Optional[int] = ...) -> None: ...
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    seed: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    repetition_penalty: float
+    def __init__(self, max_new_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., repetition_penalty: _Optional[float] = ...) -> None: ...
+
+class Turn(_message.Message):
+    __slots__ = ("question", "answer")
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    question: str
+    answer: str
+    def __init__(self, question: _Optional[str] = ..., answer: _Optional[str] = ...) -> None: ...
 
 class CodesHeader(_message.Message):
-    __slots__ = ("vision_fingerprint", "codec_fingerprint", "encoding", "tokens", "bits", "stages", "question", "generation", "split_layer")
+    __slots__ = ("vision_fingerprint", "codec_fingerprint", "encoding", "tokens", "bits", "stages", "question", "generation", "split_layer", "image_handle", "history")
     VISION_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CODEC_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +70,8 @@ class CodesHeader(_message.Message):
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     SPLIT_LAYER_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     vision_fingerprint: bytes
     codec_fingerprint: bytes
     encoding: FeatureEncoding
@@ -44,7 +81,9 @@ class CodesHeader(_message.Message):
     question: str
     generation: GenerationParams
     split_layer: int
-    def __init__(self, vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., encoding: _Optional[_Union[FeatureEncoding, str]] = ..., tokens: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., question: _Optional[str] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ..., split_layer: _Optional[int] = ...) -> None: ...
+    image_handle: bytes
+    history: _containers.RepeatedCompositeFieldContainer[Turn]
+    def __init__(self, vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., encoding: _Optional[_Union[FeatureEncoding, str]] = ..., tokens: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., question: _Optional[str] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ..., split_layer: _Optional[int] = ..., image_handle: _Optional[bytes] = ..., history: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ...) -> None: ...
 
 class CodesChunk(_message.Message):
     __slots__ = ("stage", "packed_indices")
@@ -63,7 +102,7 @@ class AnswerFromCodesRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[CodesHeader, _Mapping]] = ..., chunk: _Optional[_Union[CodesChunk, _Mapping]] = ...) -> None: ...
 
 class AnswerSummary(_message.Message):
-    __slots__ = ("payload_bytes", "decode_ms", "queue_ms", "generate_ms", "tokens_generated", "model_id", "codec_fingerprint", "answer", "batch_size", "request_id", "codec_fingerprint_bytes", "prepare_ms", "split_layer")
+    __slots__ = ("payload_bytes", "decode_ms", "queue_ms", "generate_ms", "tokens_generated", "model_id", "codec_fingerprint", "answer", "batch_size", "request_id", "codec_fingerprint_bytes", "prepare_ms", "split_layer", "seed", "finish_reason", "cached_tokens", "image_handle")
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +116,10 @@ class AnswerSummary(_message.Message):
     CODEC_FINGERPRINT_BYTES_FIELD_NUMBER: _ClassVar[int]
     PREPARE_MS_FIELD_NUMBER: _ClassVar[int]
     SPLIT_LAYER_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_HANDLE_FIELD_NUMBER: _ClassVar[int]
     payload_bytes: int
     decode_ms: float
     queue_ms: float
@@ -90,7 +133,11 @@ class AnswerSummary(_message.Message):
     codec_fingerprint_bytes: bytes
     prepare_ms: float
     split_layer: int
-    def __init__(self, payload_bytes: _Optional[int] = ..., decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., tokens_generated: _Optional[int] = ..., model_id: _Optional[str] = ..., codec_fingerprint: _Optional[str] = ..., answer: _Optional[str] = ..., batch_size: _Optional[int] = ..., request_id: _Optional[str] = ..., codec_fingerprint_bytes: _Optional[bytes] = ..., prepare_ms: _Optional[float] = ..., split_layer: _Optional[int] = ...) -> None: ...
+    seed: int
+    finish_reason: FinishReason
+    cached_tokens: int
+    image_handle: bytes
+    def __init__(self, payload_bytes: _Optional[int] = ..., decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., tokens_generated: _Optional[int] = ..., model_id: _Optional[str] = ..., codec_fingerprint: _Optional[str] = ..., answer: _Optional[str] = ..., batch_size: _Optional[int] = ..., request_id: _Optional[str] = ..., codec_fingerprint_bytes: _Optional[bytes] = ..., prepare_ms: _Optional[float] = ..., split_layer: _Optional[int] = ..., seed: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., cached_tokens: _Optional[int] = ..., image_handle: _Optional[bytes] = ...) -> None: ...
 
 class AnswerFromCodesResponse(_message.Message):
     __slots__ = ("text_delta", "summary")
@@ -101,14 +148,18 @@ class AnswerFromCodesResponse(_message.Message):
     def __init__(self, text_delta: _Optional[str] = ..., summary: _Optional[_Union[AnswerSummary, _Mapping]] = ...) -> None: ...
 
 class AnswerFromImageRequest(_message.Message):
-    __slots__ = ("image", "question", "generation")
+    __slots__ = ("image", "question", "generation", "image_handle", "history")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     question: str
     generation: GenerationParams
-    def __init__(self, image: _Optional[bytes] = ..., question: _Optional[str] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ...) -> None: ...
+    image_handle: bytes
+    history: _containers.RepeatedCompositeFieldContainer[Turn]
+    def __init__(self, image: _Optional[bytes] = ..., question: _Optional[str] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ..., image_handle: _Optional[bytes] = ..., history: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ...) -> None: ...
 
 class AnswerFromImageResponse(_message.Message):
     __slots__ = ("text_delta", "summary")
@@ -123,7 +174,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("model_id", "vision_fingerprint", "codec_fingerprint", "split_layer", "codebook_size", "bits", "stages", "tokens", "image_size", "max_question_chars", "max_new_tokens", "max_message_bytes", "feature_dim", "feature_layer", "vision_layers", "cls_included", "patch_grid", "encodings", "max_image_pixels", "request_timeout_seconds", "split_points")
+    __slots__ = ("model_id", "vision_fingerprint", "codec_fingerprint", "split_layer", "codebook_size", "bits", "stages", "tokens", "image_size", "max_question_chars", "max_new_tokens", "max_message_bytes", "feature_dim", "feature_layer", "vision_layers", "cls_included", "patch_grid", "encodings", "max_image_pixels", "request_timeout_seconds", "split_points", "image_handle_ttl_seconds", "max_history_turns")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VISION_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CODEC_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +196,8 @@ class GetServerInfoResponse(_message.Message):
     MAX_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SPLIT_POINTS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_HANDLE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_HISTORY_TURNS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     vision_fingerprint: bytes
     codec_fingerprint: bytes
@@ -166,7 +219,9 @@ class GetServerInfoResponse(_message.Message):
     max_image_pixels: int
     request_timeout_seconds: float
     split_points: _containers.RepeatedCompositeFieldContainer[SplitPoint]
-    def __init__(self, model_id: _Optional[str] = ..., vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., split_layer: _Optional[int] = ..., codebook_size: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., tokens: _Optional[int] = ..., image_size: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., feature_dim: _Optional[int] = ..., feature_layer: _Optional[int] = ..., vision_layers: _Optional[int] = ..., cls_included: _Optional[bool] = ..., patch_grid: _Optional[int] = ..., encodings: _Optional[_Iterable[_Union[FeatureEncoding, str]]] = ..., max_image_pixels: _Optional[int] = ..., request_timeout_seconds: _Optional[float] = ..., split_points: _Optional[_Iterable[_Union[SplitPoint, _Mapping]]] = ...) -> None: ...
+    image_handle_ttl_seconds: float
+    max_history_turns: int
+    def __init__(self, model_id: _Optional[str] = ..., vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., split_layer: _Optional[int] = ..., codebook_size: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., tokens: _Optional[int] = ..., image_size: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., feature_dim: _Optional[int] = ..., feature_layer: _Optional[int] = ..., vision_layers: _Optional[int] = ..., cls_included: _Optional[bool] = ..., patch_grid: _Optional[int] = ..., encodings: _Optional[_Iterable[_Union[FeatureEncoding, str]]] = ..., max_image_pixels: _Optional[int] = ..., request_timeout_seconds: _Optional[float] = ..., split_points: _Optional[_Iterable[_Union[SplitPoint, _Mapping]]] = ..., image_handle_ttl_seconds: _Optional[float] = ..., max_history_turns: _Optional[int] = ...) -> None: ...
 
 class SplitPoint(_message.Message):
     __slots__ = ("split_layer", "vision_fingerprint", "codec_fingerprint", "codebook_size", "bits", "stages", "tokens", "cls_included", "encodings")

@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 import torch
+
+from cloud_server.conversations import ImageRef
+from cloud_server.sampling import GREEDY, Sampling
+
+# Finished.finish_reason: why an answer ended (AnswerSummary.finish_reason).
+END, LENGTH, STOP_STRING, CANCELLED = "end", "length", "stop_string", "cancelled"
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,16 @@ class GenerationRequest:
     # ends it, so an engine waiting for requests on their way stops counting this one exactly
     # when it joins the queue (None: it was not announced).
     arrival: object | None = None
+    # Validated (cloud_server/sampling.py): a sampled request carries its seed.
+    sampling: Sampling = GREEDY
+    # Earlier (question, answer) turns about the same image, oldest first: they go into the
+    # prompt through the checkpoint's chat template (language_model.build_prompt).
+    history: tuple[tuple[str, str], ...] = ()
+    # The image's handle, once known (cloud_server.conversations.ImageRef: a first request's is
+    # set by its prepare): an engine with a cache keyed by image identity (vLLM) keys it by
+    # this, never by anything the caller sent. ``cached_tokens`` is how many prompt tokens its
+    # reuse spares, for an engine that counts no cache of its own (builtin).
+    image: ImageRef = field(default_factory=ImageRef)
 
 
 @dataclass(frozen=True)
@@ -41,6 +57,8 @@ class Finished:
     prepare_ms: float
     queue_ms: float
     generate_ms: float
+    finish_reason: str = END           # END | LENGTH | STOP_STRING
+    cached_tokens: int = 0             # prompt tokens not computed afresh
 
 
 @dataclass(frozen=True)
@@ -65,8 +83,8 @@ class GenerationEngine(abc.ABC):
         first step admits the request, so the first ``__anext__`` raises
         cloud_server.errors.Overloaded at --max-queued and ShuttingDown while draining.
 
-        Yields text deltas (str, concatenating to the answer), then exactly one Finished, with
-        greedy decoding. However the consumer stops (aclose(), cancellation, deadline), the
+        Yields text deltas (str, concatenating to the answer), then exactly one Finished,
+        decoded as ``request.sampling`` says (greedy by default). However the consumer stops (aclose(), cancellation, deadline), the
         request is aborted, stops consuming compute and gives its admission back."""
 
     @abc.abstractmethod

@@ -58,7 +58,9 @@ class BuiltinEngine(GenerationEngine):
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 pass
 
-        job = Job(request.prepare, request.question, request.max_new_tokens, post)
+        job = Job(request.prepare, request.question, request.max_new_tokens, post,
+                  request.sampling, request.history,
+                  request.image.cached_tokens)
         self.scheduler.submit(job, request.arrival, enforce_queue_limit)  # Overloaded, ShuttingDown
         ended = False
         try:

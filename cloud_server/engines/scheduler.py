@@ -25,28 +25,46 @@ from typing import Callable
 
 import torch
 
-from cloud_server.engines.base import Finished
+from cloud_server.engines.base import STOP_STRING, Finished
 from cloud_server.engines.batching import BatchDecoder, Row
 from cloud_server.errors import Overloaded, ServiceError, ShuttingDown
+from cloud_server.sampling import GREEDY, Sampling
 
 log = logging.getLogger("cloud_server")
 
 
 class TextDeltas:
     """Turns a growing list of token ids into the newly visible text, never splitting a
-    multi-byte character (the tokenizer shows a half character as U+FFFD)."""
+    multi-byte character (the tokenizer shows a half character as U+FFFD).
 
-    def __init__(self, tokenizer):
+    With stop strings (as vLLM's): the text ends before the first one generated, and
+    :attr:`stopped` says it did; until then the last ``len(longest) - 1`` characters are held
+    back, since they may be the start of one, so no streamed delta is ever taken back."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...] = ()):
         self.tokenizer = tokenizer
         self.sent = ""
+        self.stop = stop
+        self.hold = max(map(len, stop), default=1) - 1
+        self.stopped = False
 
     def text(self, ids: list[int]) -> str:
         # Leading spaces of the first piece are dropped, as the final answer strips them.
-        return self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+        text = self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+        found = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if found:
+            self.stopped = True
+            text = text[:min(found)]
+        return text
 
-    def delta(self, ids: list[int]) -> str:
+    def delta(self, ids: list[int], final: bool = False) -> str:
+        """``final``: the answer has ended, so nothing is held back any more."""
         text = self.text(ids)
-        if len(text) > len(self.sent) and not text.endswith("\ufffd"):
+        if not (final or self.stopped):
+            if text.endswith("\ufffd"):
+                return ""
+            text = text[:len(text) - self.hold]
+        if len(text) > len(self.sent):
             new, self.sent = text[len(self.sent):], text
             return new
         return ""
@@ -62,6 +80,9 @@ class Job:
     question: str
     max_new_tokens: int
     post: Callable[[object], None]
+    sampling: Sampling = GREEDY
+    history: tuple[tuple[str, str], ...] = ()
+    cached_tokens: int = 0  # what Finished reports: prompt tokens the server reused
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
     queue_ms: float = 0.0
@@ -204,14 +225,15 @@ class Scheduler:
             embeddings.append(embeds.reshape(embeds.shape[-2], embeds.shape[-1]))
         if not ready:
             return
-        rows = [Row(job, job.max_new_tokens) for job in ready]
+        rows = [Row(job, job.max_new_tokens, job.sampling) for job in ready]
         now = time.perf_counter()
         for job in ready:
             job.started = now
             job.batch_size_at_join = len(self.decoder) + len(ready)
-            job.text = TextDeltas(self.tokenizer)
+            job.text = TextDeltas(self.tokenizer, job.sampling.stop)
         try:
-            self.decoder.join(rows, torch.stack(embeddings), [job.question for job in ready])
+            self.decoder.join(rows, torch.stack(embeddings), [job.question for job in ready],
+                              [job.history for job in ready])
         except Exception as e:  # a bug: these newcomers fail, the running batch carries on
             log.exception("prefill failed")
             for job in ready:
@@ -224,7 +246,11 @@ class Scheduler:
             if job.cancelled.is_set():
                 leaving.append(row)
                 continue
-            delta = job.text.delta(row.ids)
+            delta = job.text.delta(row.ids, final=row.finished)
+            if job.text.stopped and not row.finished:  # a stop string ends it, held text too
+                row.finished, row.finish_reason = True, STOP_STRING
+            elif job.text.stopped:
+                row.finish_reason = STOP_STRING  # its last token both completed one and ended
             if delta:
                 job.post(delta)
             if row.finished:
@@ -233,5 +259,6 @@ class Scheduler:
                     text=job.text.text(row.ids).strip(), tokens=len(row.ids),
                     queue_ms=job.queue_ms, prepare_ms=job.prepare_ms,
                     generate_ms=(time.perf_counter() - job.started) * 1000,
-                    batch_size=job.batch_size_at_join))
+                    batch_size=job.batch_size_at_join, finish_reason=row.finish_reason,
+                    cached_tokens=job.cached_tokens))
         self.decoder.drop(leaving)

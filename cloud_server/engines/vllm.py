@@ -8,8 +8,14 @@ gives vLLM, per request, a prompt with one ``<image>`` and the projector's outpu
 placeholder with those embeddings, exactly as transformers' ``LlavaForConditionalGeneration``
 does, so both engines decode the same sequence.
 
-- Greedy decoding (temperature 0), ``max_tokens`` = the request's limit, streamed as deltas
-  (``RequestOutputKind.DELTA``).
+- Sampling: the request's fields (cloud_server/sampling.py, already validated with vLLM's
+  ranges) become ``SamplingParams`` one to one (greedy: temperature 0, as before), with
+  ``max_tokens`` = the request's limit, streamed as deltas (``RequestOutputKind.DELTA``).
+- Conversations: the earlier turns go into the prompt through the chat template, and the
+  image's identity for vLLM's caches (``multi_modal_uuids``) is the handle this server made for
+  the caller (cloud_server/conversations.py), never anything the caller sent, so vLLM's prefix
+  cache serves one caller's follow-ups without letting callers share (or poison) entries. Its
+  ``num_cached_tokens`` is the summary's ``cached_tokens``.
 - Cancellation: closing the stream (client gone, deadline passed) closes vLLM's generator,
   which aborts the request in the engine core (``AsyncLLM.abort``), freeing its KV blocks.
 - Admission: every admitted request (preparing, waiting or running in vLLM) counts against
@@ -40,6 +46,10 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from cloud_server.engines.base import (
+    CANCELLED,
+    END,
+    LENGTH,
+    STOP_STRING,
     EngineStats,
     Finished,
     GenerationEngine,
@@ -82,6 +92,37 @@ def engine_arguments(config, device: str) -> dict:
     return args
 
 
+def sampling_params(request: GenerationRequest) -> SamplingParams:
+    """The request's sampling as vLLM's, field for field (the names are vLLM's)."""
+    s = request.sampling
+    return SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                          min_p=s.min_p, seed=s.seed, stop=list(s.stop) or None,
+                          repetition_penalty=s.repetition_penalty,
+                          max_tokens=request.max_new_tokens,
+                          output_kind=RequestOutputKind.DELTA, skip_special_tokens=True)
+
+
+def finish_reason(completion) -> str:
+    """vLLM's finish_reason ("stop", "length", "abort") and stop_reason (the stop string that
+    ended it, or a stop token id, or None for end-of-sequence) as ours."""
+    if completion.finish_reason == "length":
+        return LENGTH
+    if completion.finish_reason == "abort":
+        return CANCELLED
+    return STOP_STRING if isinstance(completion.stop_reason, str) else END
+
+
+def prompt_for(processor, request: GenerationRequest, embeds) -> dict:
+    """The chat template with ONE <image> (vLLM expands it to as many positions as the
+    embeddings have rows) after the earlier turns, and the image keyed by its server-made
+    handle when it has one (a server keeping no images: vLLM hashes the embeddings itself)."""
+    prompt = {"prompt": build_prompt(processor, request.question, request.history),
+              "multi_modal_data": {"image": embeds.detach().cpu()[None]}}
+    if request.image.handle:
+        prompt["multi_modal_uuids"] = {"image": [request.image.handle.hex()]}
+    return prompt
+
+
 class SchedulerView(StatLoggerBase):
     """Receives vLLM's scheduler statistics after every engine step (on the event loop)."""
 
@@ -106,8 +147,9 @@ class _Progress:
     def __init__(self):
         self.sent: list[str] = []
         self.pending = ""
-        self.tokens = self.batch = 0
+        self.tokens = self.batch = self.cached_tokens = 0
         self.finished = False
+        self.reason = END
         self.metrics = None
 
     def update(self, out, running) -> str:
@@ -115,6 +157,9 @@ class _Progress:
         completion = out.outputs[0]
         self.tokens += len(completion.token_ids)
         self.metrics = out.metrics or self.metrics
+        self.cached_tokens = max(self.cached_tokens, getattr(out, "num_cached_tokens", 0) or 0)
+        if out.finished:
+            self.reason = finish_reason(completion)
         if not self.batch:
             self.batch = running()  # vLLM's batch when this request's first output came
         text = self.pending + completion.text
@@ -204,13 +249,9 @@ class VllmEngine(GenerationEngine):
             finally:
                 self.preparing -= 1
             prepared = time.perf_counter()
-            params = SamplingParams(temperature=0.0, max_tokens=request.max_new_tokens,
-                                    output_kind=RequestOutputKind.DELTA,
-                                    skip_special_tokens=True)
-            # The chat template with ONE <image>: vLLM expands it to as many positions as the
-            # embeddings have rows.
-            prompt = {"prompt": build_prompt(self.processor, request.question),
-                      "multi_modal_data": {"image": embeds.detach().cpu()[None]}}
+            params = sampling_params(request)
+            # After prepare: a first request's handle is known now.
+            prompt = prompt_for(self.processor, request, embeds)
             # vLLM needs ids unique among its live requests; a client may reuse its own.
             vllm_id = f"{request.request_id}-{next(self.ids)}"
             state = _Progress()
@@ -231,7 +272,8 @@ class VllmEngine(GenerationEngine):
             yield Finished(text="".join(state.sent), tokens=state.tokens,
                            batch_size=max(state.batch, 1),
                            prepare_ms=(prepared - started) * 1000, queue_ms=queue_ms,
-                           generate_ms=max(0.0, (done - prepared) * 1000 - queue_ms))
+                           generate_ms=max(0.0, (done - prepared) * 1000 - queue_ms),
+                           finish_reason=state.reason, cached_tokens=state.cached_tokens)
         finally:
             self._release()
 

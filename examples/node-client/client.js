@@ -207,6 +207,13 @@ async function main(argv) {
         codec_fingerprint: codecFingerprint,
         bits: info.bits,
         request_id: s.request_id,
+        // v1.2: why the answer ended, the seed of a sampled one, cached prompt tokens, and
+        // the image's handle (hex) for follow-up questions.
+        finish_reason: ({ FINISH_REASON_END: "end", FINISH_REASON_LENGTH: "length",
+          FINISH_REASON_STOP_STRING: "stop_string" })[s.finish_reason] || "",
+        seed: s._seed === "seed" ? s.seed : null,
+        cached_tokens: s.cached_tokens,
+        image_handle: Buffer.from(s.image_handle || []).toString("hex"),
         first_delta_ms: result.firstDeltaMs === null ? null : Number(result.firstDeltaMs.toFixed(2)),
         total_ms: Number(totalMs.toFixed(2)),
       }));

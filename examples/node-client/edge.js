@@ -5,6 +5,11 @@
 // streams them to cloud-server over gRPC; prints the streamed answer. No Python, no torch.
 //
 //   node edge.js --image cat.png --question "what is this?" [--server 127.0.0.1:50051]
+//                [--temperature 0.7 --seed 1 ...] [--follow-up "and its color?" ...]
+//
+// Sampling flags build GenerationParams (contract v1.2, vLLM's names); each --follow-up is a
+// later question about the same image: only the question, the earlier turns and the image
+// handle the server returned are sent (a header alone, no chunk).
 //
 // It sends what `edge-agent --runtime onnx` sends for the same image and question (a PNG gives
 // the same indices bit for bit; tests/test_node_edge.py checks it against a live server).
@@ -37,6 +42,12 @@ const USAGE = `usage: node ${PROG} --image FILE --question TEXT [options]
   --onnx-dir DIR          what \`alignedvq export-edge --out DIR\` wrote: edge.onnx + edge.json
                           (default: the repository's common/models/tiny-llava-edge)
   --max-new-tokens N      0 = the server's default
+  --temperature T         sampling (vLLM's SamplingParams names and ranges): 0-2, 0 = greedy
+  --top-p P, --top-k K, --min-p P, --seed N, --repetition-penalty R
+                          the other sampling fields (unset: the server's defaults)
+  --stop TEXT             end the answer before TEXT (repeatable)
+  --follow-up QUESTION    a later question about the same image, sent by its handle
+                          (repeatable; asked in order after the first answer)
   --json                  print one JSON object at the end instead of streaming text
   --dump-payload FILE     write the request messages (JSON, base64), as edge-agent --dump-payload
   --timeout SECONDS       deadline per call (default 120)
@@ -48,14 +59,46 @@ Exit status: 0 answered, 1 gRPC error, 2 bad arguments or unreadable files, 3 in
 
 class IncompatibleServer extends Error {}
 
+// Sampling flags and the GenerationParams fields they set (the server checks the ranges).
+const SAMPLING = [["--temperature", "temperature"], ["--top-p", "top_p"], ["--top-k", "top_k"],
+  ["--min-p", "min_p"], ["--seed", "seed"], ["--repetition-penalty", "repetition_penalty"]];
+
+// GenerationParams from the flags, or undefined when none is given (as before v1.2).
+function generationParams(opts) {
+  const params = {};
+  if (opts.maxNewTokens) params.max_new_tokens = opts.maxNewTokens;
+  for (const [, field] of SAMPLING) if (opts[field] !== undefined) params[field] = opts[field];
+  if (opts.stop.length) params.stop = opts.stop;
+  return Object.keys(params).length ? params : undefined;
+}
+
+const FINISH_REASONS = { FINISH_REASON_END: "end", FINISH_REASON_LENGTH: "length",
+  FINISH_REASON_STOP_STRING: "stop_string", FINISH_REASON_CANCELLED: "cancelled" };
+
+// The v1.2 summary fields; `seed` is proto3 optional, present only for a sampled answer.
+function summaryFields(s) {
+  return {
+    seed: s._seed === "seed" ? s.seed : null,
+    finish_reason: FINISH_REASONS[s.finish_reason] || "",
+    cached_tokens: s.cached_tokens,
+  };
+}
+
 quietIpServerNameWarning(PROG);
 
 function parseArgs(argv) {
   const opts = parseFlags(argv, {
     ...CONNECTION_FLAGS, "--image": "image", "--question": "question", "--onnx-dir": "onnxDir",
     "--max-new-tokens": "maxNewTokens", "--dump-payload": "dumpPayload", "--threads": "threads",
+    ...Object.fromEntries(SAMPLING.map(([flag, field]) => [flag, field])),
+    "--stop": "stop", "--follow-up": "followUps",
   }, { server: "127.0.0.1:50051", timeout: 120, protos: DEFAULT_PROTOS,
-       onnxDir: DEFAULT_ONNX_DIR, maxNewTokens: 0, threads: 0 }, USAGE);
+       onnxDir: DEFAULT_ONNX_DIR, maxNewTokens: 0, threads: 0, stop: [], followUps: [] }, USAGE);
+  for (const [flag, field] of SAMPLING) {
+    if (opts[field] === undefined) continue;
+    opts[field] = Number(opts[field]);
+    if (!Number.isFinite(opts[field])) throw new UsageError(`${flag} must be a number`);
+  }
   if (!opts.image) throw new UsageError("--image FILE is required");
   if (opts.question === undefined) throw new UsageError("--question TEXT is required");
   for (const [key, flag] of [["timeout", "--timeout"], ["maxNewTokens", "--max-new-tokens"],
@@ -182,7 +225,8 @@ async function main(argv) {
       encoding: "FEATURE_ENCODING_ALIGNEDVQ", tokens: spec.tokens, bits: spec.bits,
       stages: spec.stages, question: opts.question,
     };
-    if (opts.maxNewTokens) header.generation = { max_new_tokens: opts.maxNewTokens };
+    const generation = generationParams(opts);
+    if (generation) header.generation = generation;
     const messages = [def.requestSerialize({ header })];
     indices.forEach((idx, stage) => {
       // protobufjs writes a field that is set even when it holds the default (proto3 omits it):
@@ -199,15 +243,16 @@ async function main(argv) {
     }
 
     const identity = (buf) => buf;
-    const call = client.makeBidiStreamRequest(METHOD, identity, def.responseDeserialize, metadata,
-      { deadline: deadline() });
-    const result = await new Promise((resolve, reject) => {
+    // One AnswerFromCodes call: the messages, half-close, the streamed answer and its summary.
+    const answer = (msgs, stream) => new Promise((resolve, reject) => {
+      const call = client.makeBidiStreamRequest(METHOD, identity, def.responseDeserialize,
+        metadata, { deadline: deadline() });
       let text = "";
       let summary = null;
       call.on("data", (res) => {
         if (res.part === "text_delta") {
           text += res.text_delta;
-          if (!opts.json) process.stdout.write(res.text_delta);
+          if (stream) process.stdout.write(res.text_delta);
         } else if (res.part === "summary") {
           summary = res.summary;
         }
@@ -215,22 +260,45 @@ async function main(argv) {
       call.on("error", (err) => reject(rpcError(err, tls)));
       call.on("end", () => (summary ? resolve({ text, summary })
         : reject(new Error("the stream ended without a summary"))));
-      for (const m of messages) call.write(m);
+      for (const m of msgs) call.write(m);
       call.end();
     });
+    const result = await answer(messages, !opts.json);
     const totalMs = Number(process.hrtime.bigint() - started) / 1e6;
     const s = result.summary;
+
+    // Follow-ups: the header alone, naming the image by the handle the server returned, with
+    // the conversation so far (the client keeps it; protos/README.md, "Conversations").
+    const history = [{ question: opts.question, answer: s.answer }];
+    const followUps = [];
+    for (const question of opts.followUps) {
+      if (!s.image_handle || !s.image_handle.length) {
+        throw new Error("the server returned no image handle (it keeps no images); "
+          + "ask each question with the image instead");
+      }
+      const followUp = { question, image_handle: s.image_handle, history: [...history] };
+      if (generation) followUp.generation = generation;
+      const msg = def.requestSerialize({ header: followUp });
+      if (!opts.json) process.stdout.write("\n");
+      const r = await answer([msg], !opts.json);
+      history.push({ question, answer: r.summary.answer });
+      followUps.push({ question, answer: r.summary.answer, payload_bytes: msg.length,
+        server_payload_bytes: r.summary.payload_bytes, ...summaryFields(r.summary) });
+    }
     if (opts.json) {
       console.log(JSON.stringify({
         answer: s.answer, streamed_text: result.text, mode: "alignedvq", runtime: "onnxruntime-node",
         payload_bytes: payloadBytes, server_payload_bytes: s.payload_bytes,
         tokens_generated: s.tokens_generated, model_id: s.model_id, request_id: s.request_id,
         edge_ms: Number(edgeMs.toFixed(2)), total_ms: Number(totalMs.toFixed(2)),
+        ...summaryFields(s), image_handle: Buffer.from(s.image_handle || []).toString("hex"),
+        follow_ups: followUps,
       }));
     } else {
       process.stdout.write("\n");
       console.error(`[alignedvq via onnxruntime-node: ${payloadBytes} B sent, edge `
-        + `${edgeMs.toFixed(0)} ms, total ${totalMs.toFixed(0)} ms]`);
+        + `${edgeMs.toFixed(0)} ms, total ${totalMs.toFixed(0)} ms`
+        + `${followUps.length ? `; ${followUps.length} follow-up(s) by image handle` : ""}]`);
     }
   } finally {
     client.close();

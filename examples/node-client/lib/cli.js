@@ -16,7 +16,8 @@ function quietIpServerNameWarning(prog) {
 }
 
 // `--flag VALUE` or `--flag=VALUE` for each flag in `valued` (flag -> option name), `--json`,
-// and `-h`/`--help` (prints `usage`, exits 0). Anything else is a UsageError.
+// and `-h`/`--help` (prints `usage`, exits 0). Anything else is a UsageError. A flag whose
+// default is an array may be repeated: each value is appended.
 function parseFlags(argv, valued, defaults, usage) {
   const opts = { ...defaults, json: false };
   for (let i = 0; i < argv.length; i++) {
@@ -37,7 +38,8 @@ function parseFlags(argv, valued, defaults, usage) {
         if (i + 1 >= argv.length) throw new UsageError(`${arg} needs a value`);
         value = argv[++i];
       }
-      opts[valued[arg]] = value;
+      if (Array.isArray(opts[valued[arg]])) opts[valued[arg]] = [...opts[valued[arg]], value];
+      else opts[valued[arg]] = value;
     } else {
       throw new UsageError(`unknown argument ${arg}`);
     }
