@@ -2,7 +2,7 @@
 rules: no field renumbered, retyped or renamed), so a v1 client keeps working.
 
 `buf breaking` runs against two baselines:
-- each released contract (v1.0, v1.1), committed as a buf image (protos/released/*.json), which
+- each released contract (v1.0, v1.1, v1.2), committed as a buf image (protos/released/*.json), which
   every clone has, shallow or not;
 - the previous commit's protos (and HEAD's, for edits not committed yet), read from git. A clone
   without that history (a shallow CI clone, a source tarball) skips this one with a reason in
@@ -25,7 +25,7 @@ from common.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration  # the buf binary and git
 
-RELEASED = [REPO_ROOT / "protos" / "released" / f"alignedvq-{v}.json" for v in ("v1.0", "v1.1")]
+RELEASED = [REPO_ROOT / "protos" / "released" / f"alignedvq-{v}.json" for v in ("v1.0", "v1.1", "v1.2")]
 
 
 def buf_binary() -> str:
