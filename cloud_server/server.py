@@ -29,6 +29,7 @@ from cloud_server.metrics import Metrics
 from cloud_server.security import SecurityConfigError, ServerSecurity
 from cloud_server.service import Backend, InferenceService
 from cloud_server.split_points import describe_points
+from cloud_server.web.front import WebFront
 from common._runtime.fast_exit import exit_now
 
 log = logging.getLogger("cloud_server")
@@ -54,6 +55,7 @@ class Built:
     health: health.aio.HealthServicer
     metrics: Metrics
     create_engine: Callable
+    web: WebFront | None = None  # --web-port: gRPC-Web and the page, forwarded to this server
 
 
 def build(config: ServerConfig) -> Built:
@@ -82,8 +84,16 @@ def build(config: ServerConfig) -> Built:
     if port == 0:
         log.error("could not bind %s:%s", config.host, config.port)
         raise CannotStart(1)
+    web = None
+    if config.web_port is not None:
+        # The web front forwards each call to this server, through every check the port above
+        # applies; over a socket only this user can open, so it needs no TLS of its own.
+        web = WebFront(config)
+        if server.add_insecure_port(web.grpc_address) == 0:
+            log.error("could not bind the web front's socket %s", web.grpc_address)
+            raise CannotStart(1)
     log.info("transport: %s", security.description)
-    return Built(config, server, port, service, health_servicer, metrics, create_engine)
+    return Built(config, server, port, service, health_servicer, metrics, create_engine, web)
 
 
 class Running:
@@ -99,7 +109,11 @@ class Running:
 
     async def run(self) -> int:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._start()
+        try:
+            await self._start()
+        except CannotStart as e:
+            await self.built.server.stop(0)
+            return e.code
         loading = asyncio.ensure_future(self._load_and_start())
         await asyncio.wait({loading, asyncio.ensure_future(self.stopping.wait())},
                            return_when=asyncio.FIRST_COMPLETED)
@@ -128,6 +142,13 @@ class Running:
             metrics_port = b.metrics.serve(config.host, config.metrics_port)
             print(f"cloud-server metrics on http://{config.host}:{metrics_port}/metrics",
                   flush=True)
+        if b.web is not None:
+            try:
+                web_port = await b.web.start()
+            except OSError as e:
+                log.error("could not bind the web port %s:%s: %s", config.host, config.web_port, e)
+                raise CannotStart(1) from e
+            print(f"cloud-server web on {b.web.scheme}://{config.host}:{web_port}/", flush=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -156,6 +177,8 @@ class Running:
         # gRPC stops taking new calls and lets the open ones finish (they may still be reading
         # their messages, so the engine keeps admitting them), then the engine drains.
         await self.built.server.stop(self.config.grace_seconds)
+        if self.built.web is not None:  # its calls ended with the server's
+            await self.built.web.close()
         if self.engine is not None:
             try:
                 await asyncio.wait_for(self.engine.drain(), 5.0)
