@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 
 import aiohttp
@@ -73,9 +74,6 @@ class Browser:
             match = re.search(r"DevTools listening on ws://([^/]+)/", line)
             if match:
                 # Keep draining stderr, or a chatty browser blocks on a full pipe.
-                asyncio.get_event_loop_policy()
-                import threading
-
                 threading.Thread(target=self.proc.stderr.read, daemon=True).start()
                 return match.group(1)
         raise RuntimeError("chromium did not start its DevTools endpoint:\n" + "".join(lines))

@@ -216,3 +216,4 @@ def test_the_page_and_only_its_files_are_served(web_server):
     assert get("edge/export.log")[0] == 404  # in the export folder, but not the graph
     assert get("lib/../../../pyproject.toml")[0] == 404
     assert get("protos/inference.proto")[0] == 200
+    assert get("samples/sample0.png")[0] == 200

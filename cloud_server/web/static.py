@@ -1,5 +1,5 @@
 """The page's files: examples/web (the page), examples/node-client/lib (preprocessing and
-packing, the very files the Node edge runs), onnxruntime-web and protobufjs from that client's
+packing, the very files the Node edge runs), the sample images, onnxruntime-web and protobufjs from that client's
 node_modules (``npm ci``, ``make node-client``), the contract's .proto, and the exported edge
 (``--web-edge``: edge.json and the graph it names, read at each request, so an edge exported
 after the server started is served). Only these: no folder listing, nothing else of the
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from common.paths import REPO_ROOT
+from common.paths import REPO_ROOT, SAMPLES_DIR
 
 log = logging.getLogger("cloud_server")
 
@@ -32,6 +32,8 @@ FOLDERS = {
     "/lib/": NODE_CLIENT / "lib",
     "/vendor/onnxruntime-web/": NODE_CLIENT / "node_modules" / "onnxruntime-web" / "dist",
     "/vendor/protobufjs/": NODE_CLIENT / "node_modules" / "protobufjs" / "dist",
+    # The shipped sample images, for deep links that need no other host (make demo prints one).
+    "/samples/": SAMPLES_DIR / "images",
 }
 PROTO = REPO_ROOT / "protos" / "alignedvq" / "v1" / "inference.proto"
 
