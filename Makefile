@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 # A CPU build of this version lies on this machine's disk, so set-up needs no multi-GB download.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install node-client demo test test-fast proto clean bench
+.PHONY: install node-client chromium demo test test-fast proto clean bench
 
-install: $(VENV)/.installed node-client
+install: $(VENV)/.installed node-client chromium
 
 # The Node.js example client's packages, exactly as locked (tests/test_node_client.py runs it).
 # Without npm this is skipped with a note, and that test skips.
@@ -20,6 +20,17 @@ $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package-lock.json
 		cd $(NODE_CLIENT) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error; \
 	else echo "npm not found: skipping $(NODE_CLIENT) (its test will skip)"; fi
 
+# Headless Chromium for the browser edge's tests (tests/test_web_edge.py): nothing to do when a
+# Chromium is on PATH; as root with apt-get (CI), Debian's package; otherwise a note, and those
+# tests skip saying why.
+chromium:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+		|| command -v google-chrome >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			chromium >/dev/null; \
+	else echo "chromium not found and not root with apt-get: tests/test_web_edge.py will skip"; fi
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -27,8 +38,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,bench,onnx]'
 	touch $@
 
+# WEB_PORT=8080 also serves the browser edge there and keeps the server up after the table.
+WEB_PORT ?=
 demo: install
-	$(PY) -m alignedvq.demo
+	$(PY) -m alignedvq.demo $(if $(WEB_PORT),--web-port $(WEB_PORT))
 
 # Everything: unit and integration tests (real servers, subprocesses, the wheel build).
 # lmms-eval's own environment too, so its end-to-end test runs (tests/test_lmms_eval.py).

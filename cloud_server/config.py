@@ -8,7 +8,7 @@ import os
 
 from pydantic import BaseModel, Field
 
-from common.paths import DEFAULT_MODEL_DIR, SHIPPED_CODEC_DIRS
+from common.paths import DEFAULT_EDGE_DIR, DEFAULT_MODEL_DIR, SHIPPED_CODEC_DIRS
 from common.split.checkpoint import default_device
 
 ENV_PREFIX = "ALIGNEDVQ_"
@@ -108,6 +108,20 @@ class ServerConfig(BaseModel):
                                         "per line ('#' comments); InferenceService calls must "
                                         "send 'authorization: Bearer <token>' (health and "
                                         "reflection exempt); re-read when it changes")
+
+    # The browser edge (cloud_server/web): gRPC-Web and the page, on a port of their own.
+    web_port: int | None = Field(None, ge=0, le=65535,
+                                 description="serve the InferenceService to browsers (gRPC-Web "
+                                 "over HTTP/1.1, through the same checks, limits, tokens, TLS "
+                                 "and metrics as the gRPC port) and the browser edge's page "
+                                 "(examples/web) on this port (0 picks one); off when unset")
+    web_cors_origins: str | None = Field(None, description="comma-separated origins other "
+                                         "than the web port's own whose pages may call it "
+                                         "(CORS), e.g. https://app.example.com; '*' allows "
+                                         "any; none when unset")
+    web_edge: str = Field(str(DEFAULT_EDGE_DIR), description="the exported edge the page runs "
+                          "in the browser (what `alignedvq export-edge --out` wrote); without "
+                          "one the page uploads a JPEG instead")
 
     @classmethod
     def build_parser(cls) -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,6 +30,9 @@ from cloud_server.security import SecurityConfigError, ServerSecurity
 from cloud_server.service import Backend, InferenceService
 from cloud_server.split_points import describe_points
 from common._runtime.fast_exit import exit_now
+
+if TYPE_CHECKING:
+    from cloud_server.web.front import WebFront
 
 log = logging.getLogger("cloud_server")
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -54,6 +57,7 @@ class Built:
     health: health.aio.HealthServicer
     metrics: Metrics
     create_engine: Callable
+    web: WebFront | None = None  # --web-port: gRPC-Web and the page, forwarded to this server
 
 
 def build(config: ServerConfig) -> Built:
@@ -82,8 +86,18 @@ def build(config: ServerConfig) -> Built:
     if port == 0:
         log.error("could not bind %s:%s", config.host, config.port)
         raise CannotStart(1)
+    web = None
+    if config.web_port is not None:
+        # The web front forwards each call to this server, through every check the port above
+        # applies; over a socket only this user can open, so it needs no TLS of its own.
+        from cloud_server.web.front import WebFront  # aiohttp, only for servers that use it
+
+        web = WebFront(config)
+        if server.add_insecure_port(web.grpc_address) == 0:
+            log.error("could not bind the web front's socket %s", web.grpc_address)
+            raise CannotStart(1)
     log.info("transport: %s", security.description)
-    return Built(config, server, port, service, health_servicer, metrics, create_engine)
+    return Built(config, server, port, service, health_servicer, metrics, create_engine, web)
 
 
 class Running:
@@ -99,7 +113,12 @@ class Running:
 
     async def run(self) -> int:
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._start()
+        try:
+            await self._start()
+        except CannotStart as e:
+            await self.built.server.stop(0)
+            await self._close_web()
+            return e.code
         loading = asyncio.ensure_future(self._load_and_start())
         await asyncio.wait({loading, asyncio.ensure_future(self.stopping.wait())},
                            return_when=asyncio.FIRST_COMPLETED)
@@ -107,6 +126,7 @@ class Running:
             if loading.exception() is not None:
                 log.error("could not load the model: %s", loading.exception())
                 await self.built.server.stop(0)
+                await self._close_web()
                 if self.engine is not None:  # started its processes (vLLM), then failed
                     await self.engine.close()
                 return 1
@@ -114,6 +134,10 @@ class Running:
             await self.stopping.wait()
         await self._drain()
         return 0
+
+    async def _close_web(self) -> None:
+        if self.built.web is not None:
+            await self.built.web.close()
 
     async def _set_health(self, status) -> None:
         for name in ("", SERVICE_NAME):
@@ -128,6 +152,13 @@ class Running:
             metrics_port = b.metrics.serve(config.host, config.metrics_port)
             print(f"cloud-server metrics on http://{config.host}:{metrics_port}/metrics",
                   flush=True)
+        if b.web is not None:
+            try:
+                web_port = await b.web.start()
+            except OSError as e:
+                log.error("could not bind the web port %s:%s: %s", config.host, config.web_port, e)
+                raise CannotStart(1) from e
+            print(f"cloud-server web on {b.web.scheme}://{config.host}:{web_port}/", flush=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -156,6 +187,7 @@ class Running:
         # gRPC stops taking new calls and lets the open ones finish (they may still be reading
         # their messages, so the engine keeps admitting them), then the engine drains.
         await self.built.server.stop(self.config.grace_seconds)
+        await self._close_web()  # its calls ended with the server's
         if self.engine is not None:
             try:
                 await asyncio.wait_for(self.engine.drain(), 5.0)

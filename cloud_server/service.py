@@ -93,6 +93,21 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         return pb.ProbeLinkResponse(received_bytes=call.received)
 
     async def AnswerFromCodes(self, request_iterator, context):
+        async for response in self._answer_codes(request_iterator, pb.AnswerFromCodesResponse):
+            yield response
+
+    async def AnswerFromCodesBundle(self, request, context):
+        # The browser's form of AnswerFromCodes (gRPC-Web cannot stream a request): its messages
+        # go through the very reader a stream's do, so order, header and chunk rules, and the
+        # status codes, cannot drift apart. payload_bytes is this one message as it arrived.
+        async def messages():
+            for message in request.messages:
+                yield message
+
+        async for response in self._answer_codes(messages(), pb.AnswerFromCodesBundleResponse):
+            yield response
+
+    async def _answer_codes(self, messages, response_type):
         call = current_call()
         backend = self._ready()
         # Held to the end of the call, not only while reading: the engine stops counting the
@@ -100,7 +115,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
         # batch can start in between without it.
         with backend.engine.arriving() as arrival:
             reader = CodesReader(backend.validator)
-            async for message in request_iterator:
+            async for message in messages:
                 reader.feed(message)
                 call.mode = reader.mode
             request, chunks = reader.finish()
@@ -112,7 +127,7 @@ class InferenceService(pb_grpc.InferenceServiceServicer):
                     call.identity, f"codes/{request.mode}/{request.split_layer}", chunks)
             job = self._start(backend, call, request, prepare, image, arrival)
             async for response in self._respond(backend, call, job,
-                                                pb.AnswerFromCodesResponse, request.split_layer):
+                                                response_type, request.split_layer):
                 yield response
 
     async def AnswerFromImage(self, request, context):

@@ -95,6 +95,54 @@ def exported_edge(tmp_path_factory) -> Path:
     return out
 
 
+@dataclass
+class WebServer:
+    """A cloud-server with its web port: ``url`` the page, ``token`` the one it accepts,
+    ``cors_origin`` the other origin it lets call (``--web-cors-origins``)."""
+
+    process: object
+    url: str
+    token: str
+    token_file: Path
+    edge: Path
+    cors_origin: str = "http://allowed.example"
+
+    @property
+    def address(self) -> str:  # the native gRPC port
+        return self.process.address
+
+
+@pytest.fixture(scope="session")
+def web_server(exported_edge, tmp_path_factory):
+    """One server for the web port's tests (test_web_port, test_web_edge): the session's
+    exported edge served to the page, a bearer token required (so the page's refusal and its
+    token are both exercised on it), CORS for one other origin, metrics on."""
+    import re
+    import time
+
+    from alignedvq.server_process import ServerProcess
+
+    folder = tmp_path_factory.mktemp("web-server")
+    token = "web-edge-test-token"
+    token_file = folder / "tokens"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    server = ServerProcess("--web-port", "0", "--web-edge", str(exported_edge),
+                           "--auth-token-file", str(token_file), "--metrics-port", "0",
+                           "--web-cors-origins", WebServer.cors_origin)
+    try:
+        server.wait_ready(300)
+        deadline = time.monotonic() + 30
+        while not any("web on" in line for line in server.lines):
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
+        url = next(re.search(r"web on (\S+)", line).group(1) for line in server.lines
+                   if "web on" in line)
+        yield WebServer(server, url, token, token_file, exported_edge)
+    finally:
+        server.terminate()
+
+
 @pytest.fixture(scope="session")
 def default_server():
     """One real ``cloud-server`` with default flags (embedded model, shipped codec), started

@@ -32,6 +32,7 @@ REQUEST_TYPES = {"alignedvq.v1.GetServerInfoRequest": pb.GetServerInfoRequest,
                  "alignedvq.v1.AnswerFromCodesRequest": pb.AnswerFromCodesRequest,
                  "alignedvq.v1.AnswerFromImageRequest": pb.AnswerFromImageRequest,
                  "alignedvq.v1.ProbeLinkRequest": pb.ProbeLinkRequest,
+                 "alignedvq.v1.AnswerFromCodesBundleRequest": pb.AnswerFromCodesBundleRequest,
                  "grpc.health.v1.HealthCheckRequest": health_pb2.HealthCheckRequest,
                  "grpc.health.v1.HealthListRequest": health_pb2.HealthListRequest,
                  "grpc.reflection.v1alpha.ServerReflectionRequest":
@@ -169,7 +170,9 @@ def test_an_empty_message_is_the_default_message(channel):
     not a valid request, answered where they are, never UNKNOWN or INTERNAL. (grpcio-health's
     asyncio servicer does not implement List: UNIMPLEMENTED, as without our RPC layer.)"""
     expected = {"/alignedvq.v1.InferenceService/AnswerFromCodes": "empty request message",
-                "/alignedvq.v1.InferenceService/AnswerFromImage": "question is empty"}
+                "/alignedvq.v1.InferenceService/AnswerFromImage": "question is empty",
+                # No messages: refused as an AnswerFromCodes stream that ends at once.
+                "/alignedvq.v1.InferenceService/AnswerFromCodesBundle": "ended without a header"}
     unimplemented = {"/grpc.health.v1.Health/List"}
     for path, _, client_streaming, server_streaming in _methods(channel):
         outcome = _send_raw(channel, path, client_streaming, server_streaming, b"")

@@ -256,3 +256,17 @@ class ProbeLinkResponse(_message.Message):
     RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
     received_bytes: int
     def __init__(self, received_bytes: _Optional[int] = ...) -> None: ...
+
+class AnswerFromCodesBundleRequest(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[AnswerFromCodesRequest]
+    def __init__(self, messages: _Optional[_Iterable[_Union[AnswerFromCodesRequest, _Mapping]]] = ...) -> None: ...
+
+class AnswerFromCodesBundleResponse(_message.Message):
+    __slots__ = ("text_delta", "summary")
+    TEXT_DELTA_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    text_delta: str
+    summary: AnswerSummary
+    def __init__(self, text_delta: _Optional[str] = ..., summary: _Optional[_Union[AnswerSummary, _Mapping]] = ...) -> None: ...

@@ -56,6 +56,11 @@ class InferenceServiceStub:
                 request_serializer=alignedvq_dot_v1_dot_inference__pb2.ProbeLinkRequest.SerializeToString,
                 response_deserializer=alignedvq_dot_v1_dot_inference__pb2.ProbeLinkResponse.FromString,
                 _registered_method=True)
+        self.AnswerFromCodesBundle = channel.unary_stream(
+                '/alignedvq.v1.InferenceService/AnswerFromCodesBundle',
+                request_serializer=alignedvq_dot_v1_dot_inference__pb2.AnswerFromCodesBundleRequest.SerializeToString,
+                response_deserializer=alignedvq_dot_v1_dot_inference__pb2.AnswerFromCodesBundleResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -96,6 +101,17 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AnswerFromCodesBundle(self, request, context):
+        """Added in v1.3. AnswerFromCodes in one request message, for clients that cannot stream a
+        request (a browser: gRPC-Web and Connect carry unary and server-streaming calls only).
+        `messages` are exactly the messages an AnswerFromCodes call would send, in the same order
+        (header, then one chunk per stage), and are checked by the same rules in that order, with
+        the same status codes; the answer stream is AnswerFromCodes's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +134,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.ProbeLink,
                     request_deserializer=alignedvq_dot_v1_dot_inference__pb2.ProbeLinkRequest.FromString,
                     response_serializer=alignedvq_dot_v1_dot_inference__pb2.ProbeLinkResponse.SerializeToString,
+            ),
+            'AnswerFromCodesBundle': grpc.unary_stream_rpc_method_handler(
+                    servicer.AnswerFromCodesBundle,
+                    request_deserializer=alignedvq_dot_v1_dot_inference__pb2.AnswerFromCodesBundleRequest.FromString,
+                    response_serializer=alignedvq_dot_v1_dot_inference__pb2.AnswerFromCodesBundleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -230,6 +251,33 @@ class InferenceService:
             '/alignedvq.v1.InferenceService/ProbeLink',
             alignedvq_dot_v1_dot_inference__pb2.ProbeLinkRequest.SerializeToString,
             alignedvq_dot_v1_dot_inference__pb2.ProbeLinkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AnswerFromCodesBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/alignedvq.v1.InferenceService/AnswerFromCodesBundle',
+            alignedvq_dot_v1_dot_inference__pb2.AnswerFromCodesBundleRequest.SerializeToString,
+            alignedvq_dot_v1_dot_inference__pb2.AnswerFromCodesBundleResponse.FromString,
             options,
             channel_credentials,
             insecure,

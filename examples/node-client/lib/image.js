@@ -12,27 +12,9 @@
 const fs = require("fs");
 const { PNG } = require("pngjs");
 const jpeg = require("jpeg-js");
+const { blendOnWhite, rgbaToRgb } = require("./pixels");
 
 class ImageError extends Error {}
-
-// Pillow's Paste.c: BLEND(mask, in1, in2) = DIV255(in1 * (255 - mask) + in2 * mask), with
-// DIV255(v) = ((v + 128) >> 8 + (v + 128)) >> 8.
-function blendOnWhite(value, alpha) {
-  const t = 255 * (255 - alpha) + value * alpha + 128;
-  return ((t >> 8) + t) >> 8;
-}
-
-// RGBA bytes -> RGB bytes; `flatten` composites onto white, otherwise alpha is dropped.
-function rgbaToRgb(rgba, width, height, flatten) {
-  const rgb = new Uint8Array(width * height * 3);
-  for (let i = 0, j = 0; i < width * height; i++, j += 4) {
-    const a = rgba[j + 3];
-    for (let c = 0; c < 3; c++) {
-      rgb[i * 3 + c] = flatten ? blendOnWhite(rgba[j + c], a) : rgba[j + c];
-    }
-  }
-  return rgb;
-}
 
 // The EXIF orientation tag (1-8) of a JPEG, 1 when there is none: APP1 "Exif\0\0", then a
 // TIFF header and IFD0, whose tag 0x0112 holds it.

@@ -1,12 +1,20 @@
 // Packing codebook indices as protos/README.md specifies (common/wire/packing.py in Python): each
 // index as exactly `bits` bits, least-significant bit first; stream bit p is bit p % 8 of byte
 // p / 8; the last byte is zero-padded; ceil(count * bits / 8) bytes.
+//
+// One file for Node and the browser, as lib/preprocess.js (a UMD wrapper).
 
+(function (root, factory) {
+  if (typeof module === "object" && module.exports) module.exports = factory();
+  else (root.AlignedVQ = root.AlignedVQ || {}).packing = factory();
+})(typeof globalThis !== "undefined" ? globalThis : this, function () {
+// The wrapper's body is not indented, so the code reads as it did before.
 "use strict";
 
 function pack(indices, bits) {
   if (!(bits >= 1 && bits <= 16)) throw new Error(`bits per index must be in 1..16, got ${bits}`);
-  const out = Buffer.alloc(Math.ceil((indices.length * bits) / 8));
+  // A Uint8Array (a Buffer is one), so the browser needs no Buffer polyfill.
+  const out = new Uint8Array(Math.ceil((indices.length * bits) / 8));
   let p = 0;
   for (const idx of indices) {
     if (!(idx >= 0 && idx < 2 ** bits)) throw new Error(`index ${idx} does not fit ${bits} bits`);
@@ -17,4 +25,5 @@ function pack(indices, bits) {
   return out;
 }
 
-module.exports = { pack };
+return { pack };
+});

@@ -3,7 +3,15 @@
 // is a port of Pillow's Resample.c (8-bit fixed point, horizontal pass then vertical), the sizes
 // and offsets round as transformers does, and the arithmetic follows numpy's float32/float64.
 // The rule is also spelled out in the exported graph's edge.json ("preprocess.rule").
+//
+// One file for Node and the browser (examples/web imports it; nothing is copied): a UMD wrapper,
+// CommonJS under Node (require("./lib/preprocess")), a global AlignedVQ.preprocess elsewhere.
 
+(function (root, factory) {
+  if (typeof module === "object" && module.exports) module.exports = factory();
+  else (root.AlignedVQ = root.AlignedVQ || {}).preprocess = factory();
+})(typeof globalThis !== "undefined" ? globalThis : this, function () {
+// The wrapper's body is not indented, so the code reads as it did before.
 "use strict";
 
 // Pillow's filters (Resample.c) and their support radius.
@@ -171,4 +179,5 @@ function preprocess(img, pre) {
   return out;
 }
 
-module.exports = { preprocess, resize, resizedSize, coefficients };
+return { preprocess, resize, resizedSize, coefficients };
+});
