@@ -23,7 +23,7 @@ const protoLoader = require("@grpc/proto-loader");
 
 const { readImage, ImageError } = require("./lib/image");
 const { preprocess } = require("./lib/preprocess");
-const { pack } = require("./lib/packing");
+const { pack, stageIndices } = require("./lib/packing");
 const {
   CONNECTION_FLAGS, CONNECTION_HELP, UsageError, parseFlags, quietIpServerNameWarning, readToken,
 } = require("./lib/cli");
@@ -134,18 +134,7 @@ async function encode(session, spec, pixels) {
   const size = spec.image_size;
   const input = new ort.Tensor("float32", pixels, [1, 3, size, size]);
   const out = (await session.run({ [spec.input_name]: input }))[spec.output_name];
-  const [, tokens, stages] = out.dims;
-  if (tokens !== spec.tokens || stages !== spec.stages) {
-    throw new Error(`the graph returned ${tokens} x ${stages} indices, edge.json says `
-      + `${spec.tokens} x ${spec.stages}`);
-  }
-  const perStage = [];
-  for (let s = 0; s < stages; s++) {
-    const idx = new Array(tokens);
-    for (let t = 0; t < tokens; t++) idx[t] = Number(out.data[t * stages + s]);
-    perStage.push(idx);
-  }
-  return perStage;
+  return stageIndices(out, spec);
 }
 
 function rpcError(err, tls) {

@@ -6,7 +6,7 @@
 import * as ort from "../vendor/onnxruntime-web/ort.wasm.min.mjs";
 
 const { preprocess } = globalThis.AlignedVQ.preprocess;
-const { pack } = globalThis.AlignedVQ.packing;
+const { pack, stageIndices } = globalThis.AlignedVQ.packing;
 
 // One thread: a page that is not cross-origin isolated cannot share WebAssembly memory anyway,
 // and the tiny graph gains little from more.
@@ -42,16 +42,5 @@ export async function encode(edge, image) {
   const size = spec.image_size;
   const input = new ort.Tensor("float32", preprocess(image, spec.preprocess), [1, 3, size, size]);
   const out = (await session.run({ [spec.input_name]: input }))[spec.output_name];
-  const [, tokens, stages] = out.dims;
-  if (tokens !== spec.tokens || stages !== spec.stages) {
-    throw new Error(`the graph returned ${tokens} x ${stages} indices, edge.json says `
-      + `${spec.tokens} x ${spec.stages}`);
-  }
-  const perStage = [];
-  for (let s = 0; s < stages; s++) {
-    const idx = new Array(tokens);
-    for (let t = 0; t < tokens; t++) idx[t] = Number(out.data[t * stages + s]);
-    perStage.push(pack(idx, spec.bits));
-  }
-  return perStage;
+  return stageIndices(out, spec).map((idx) => pack(idx, spec.bits));
 }

@@ -25,5 +25,23 @@ function pack(indices, bits) {
   return out;
 }
 
-return { pack };
+// The exported edge graph's output (batch 1: dims [1, tokens, stages], row-major int64 data) as
+// one index array per stage, checked against its sidecar; the Node and the browser edge both
+// read the graph through it.
+function stageIndices(output, spec) {
+  const [, tokens, stages] = output.dims;
+  if (tokens !== spec.tokens || stages !== spec.stages) {
+    throw new Error(`the graph returned ${tokens} x ${stages} indices, edge.json says `
+      + `${spec.tokens} x ${spec.stages}`);
+  }
+  const perStage = [];
+  for (let s = 0; s < stages; s++) {
+    const idx = new Array(tokens);
+    for (let t = 0; t < tokens; t++) idx[t] = Number(output.data[t * stages + s]);
+    perStage.push(idx);
+  }
+  return perStage;
+}
+
+return { pack, stageIndices };
 });
