@@ -333,6 +333,8 @@ def auto_codecs(args: argparse.Namespace) -> list[EdgeCodec]:
                 f"{spec.codec_fingerprint}",
                 lambda folder=folder: load_onnx_edge(folder, args.threads)))
         return codecs
+    # codec.json read as JSON, not through AlignedVQ.read_config: choosing needs only the
+    # codec's geometry, and the torch edge of a path not taken is never imported.
     for folder in args.codec:
         config = Path(folder) / "codec.json"
         if not config.is_file():

@@ -40,7 +40,7 @@ class _Worker:
     def __init__(self, wrap, target: str, stderr,
                  module: str = "alignedvq.benchmarks.latency_client", extra: tuple = ()):
         cmd = [*wrap, sys.executable, "-m", module, "--server", target, *extra]
-        self.command = " ".join(cmd)
+        self.command, self.stderr = " ".join(cmd), stderr
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=stderr, text=True, cwd=REPO_ROOT)
         self.lines: queue.Queue = queue.Queue()
@@ -59,6 +59,15 @@ class _Worker:
         if line is None:
             raise RuntimeError("the edge worker stopped or did not answer in time")
         return json.loads(line)
+
+    def ready(self, timeout: float = 300) -> dict:
+        """The worker's first line (it is loaded and connected); a worker that died instead is
+        reported with the end of its stderr."""
+        try:
+            return self.reply(timeout)
+        except RuntimeError:
+            self.stderr.seek(0)
+            raise RuntimeError("edge worker failed:\n" + self.stderr.read()[-3000:]) from None
 
     def send(self, command: dict, timeout: float) -> dict:
         self.proc.stdin.write(json.dumps(command) + "\n")
@@ -113,11 +122,7 @@ def run(quick: bool, prefer: str = "auto") -> dict:
             worker = _Worker(link.client_wrap(), link.target(server.address), worker_err)
             try:
                 server.wait_ready()
-                try:
-                    ready = worker.reply(timeout=300)
-                except RuntimeError:
-                    worker_err.seek(0)
-                    raise RuntimeError("edge worker failed:\n" + worker_err.read()[-3000:])
+                ready = worker.ready()
                 for rate in rates:
                     link.set_rate(rate)
                     qdiscs[rate] = link.qdiscs()
