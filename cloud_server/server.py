@@ -183,10 +183,15 @@ class Running:
     async def _drain(self) -> None:
         log.info("shutting down: draining in-flight requests for up to %.0f s",
                  self.config.grace_seconds)
-        await self.built.health.enter_graceful_shutdown()
         # gRPC stops taking new calls and lets the open ones finish (they may still be reading
-        # their messages, so the engine keeps admitting them), then the engine drains.
-        await self.built.server.stop(self.config.grace_seconds)
+        # their messages, so the engine keeps admitting them), then the engine drains. The stop
+        # begins before health says NOT_SERVING: the other way round, a caller that saw
+        # NOT_SERVING and called at once could be taken by the transport and then cancelled by
+        # the shutdown (CANCELLED, which no client retries) instead of refused (UNAVAILABLE).
+        stopping = asyncio.ensure_future(self.built.server.stop(self.config.grace_seconds))
+        await asyncio.sleep(0)  # stop() runs up to its first wait: new calls are refused
+        await self.built.health.enter_graceful_shutdown()
+        await stopping
         await self._close_web()  # its calls ended with the server's
         if self.engine is not None:
             try:
