@@ -19,11 +19,55 @@ from common.split.weights import vision_fingerprint
 from common.wire.messages import codes_request_messages
 
 
-def small_codec(bits=6, stages=2, dim=16, tokens=10):
+def small_codec(bits=6, stages=2, dim=16, tokens=10, position_prior=False):
     torch.manual_seed(0)
     return AlignedVQ(CodecConfig(feature_dim=dim, code_dim=4, bits=bits, stages=stages,
-                                 tokens=tokens, split_layer=1,
-                                 vision_fingerprint="00" * 8)).eval()
+                                 tokens=tokens, split_layer=1, vision_fingerprint="00" * 8,
+                                 position_prior=position_prior)).eval()
+
+
+def test_a_zero_position_prior_is_the_plain_codec():
+    plain, with_prior = small_codec(), small_codec(position_prior=True)
+    x = torch.randn(3, 10, 16) * 5 + 2
+    idx = plain.encode(x)
+    assert torch.equal(with_prior.encode(x), idx)
+    torch.testing.assert_close(with_prior.decode(idx), plain.decode(idx))
+
+
+def test_the_position_prior_spends_no_codeword_on_what_every_image_shares():
+    # Tokens = a large pattern per position (the same in every image) + a small image part:
+    # a 2-bit codebook cannot tell ten positions apart, the prior knows them for free.
+    torch.manual_seed(1)
+    positions = torch.randn(10, 16) * 3
+    x = positions + 0.3 * torch.randn(64, 10, 16)
+    errors = {}
+    for prior in (False, True):
+        codec = small_codec(bits=2, stages=1, position_prior=prior)
+        with torch.no_grad():
+            if prior:
+                codec.set_position_mean(codec.align(x)[0].mean(0))
+            flat = codec.aligned_residual(x).reshape(-1, 16)
+            mu = flat.mean(0)
+            codec.set_projection(mu, torch.cov(flat.T), 0.0, 0.0)
+            _, mean, log_std = codec.align(x)
+            codec.stats.bias.copy_(torch.tensor([mean.mean(), log_std.mean()]))
+            codec.initialise_codebooks(codec.project(x).reshape(-1, 4), seed=0)
+            errors[prior] = float((codec.decode(codec.encode(x)) - x).pow(2).mean())
+    assert errors[True] < 0.5 * errors[False], errors
+
+
+def test_a_position_prior_round_trips_and_leaves_older_fingerprints_alone(tmp_path):
+    plain = small_codec()
+    assert "position_prior" not in plain.config.identity()  # codecs made before it existed
+    codec = small_codec(position_prior=True)
+    with torch.no_grad():
+        codec.position_mean.copy_(torch.randn(10, 16))
+    codec.save(tmp_path)
+    assert json.loads((tmp_path / "codec.json").read_text())["position_prior"] is True
+    loaded = AlignedVQ.load(tmp_path)
+    assert loaded.config.position_prior and loaded.fingerprint() == codec.fingerprint()
+    torch.testing.assert_close(loaded.position_mean, codec.position_mean)
+    assert codec.fingerprint() != plain.fingerprint()
 
 
 def test_decode_of_encode_is_the_quantised_features():
@@ -160,10 +204,13 @@ def test_a_fine_tune_keeps_its_codecs_geometry_unless_told():
     from alignedvq.training.train_codec_cli import fill_geometry
 
     args = argparse.Namespace(init_from=str(EARLY_CODEC_DIR), bits=None, stages=None,
-                              code_dim=None, split_layer=None)
+                              code_dim=None, split_layer=None, position_prior=None)
     fill_geometry(args)
-    assert (args.bits, args.stages, args.code_dim, args.split_layer) == (11, 1, 32, 1)
+    early = json.loads((EARLY_CODEC_DIR / "codec.json").read_text())
+    assert (args.bits, args.stages, args.code_dim, args.split_layer, args.position_prior) == (
+        early["bits"], 1, early["code_dim"], 1, early.get("position_prior", False))
     args = argparse.Namespace(init_from=None, bits=None, stages=2, code_dim=None,
-                              split_layer=None)
+                              split_layer=None, position_prior=None)
     fill_geometry(args)
-    assert (args.bits, args.stages, args.code_dim, args.split_layer) == (12, 2, 32, None)
+    assert (args.bits, args.stages, args.code_dim, args.split_layer, args.position_prior) == (
+        12, 2, 32, None, False)

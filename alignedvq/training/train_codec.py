@@ -56,6 +56,8 @@ class CodecTraining:
     batch: int = 32                 # images per step, over all processes
     lr: float = 1e-3
     distill_weight: float = 1.0
+    vision_weight: float = 0.0     # the image features the language model sees (needs distill)
+    position_prior: bool = False
     seed: int = 0
     max_images: int | None = None
     image_folder: Path | None = None
@@ -137,8 +139,11 @@ class FrozenHalves:
         # losses get a normal copy.
         return feats.float().clone()
 
-    def answer_logits(self, feats: torch.Tensor, batch: codec_data.Batch) -> torch.Tensor:
-        """Logits (N, vocab) at the batch's target positions, from features at the cut."""
+    def answer_logits(self, feats: torch.Tensor, batch: codec_data.Batch
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (N, vocab) at the batch's target positions, and the image features the
+        language model read (the cloud's vision blocks and projector), from features at the
+        cut."""
         from cloud_server.cloud_half import merge_image_tokens
 
         model = self.cloud.model
@@ -146,27 +151,38 @@ class FrozenHalves:
             image_features = self.cloud.vision(feats.to(self.dtype))
             embeds = merge_image_tokens(model, batch.ids, image_features)
             logits = model(inputs_embeds=embeds, attention_mask=batch.mask).logits
-        return logits[batch.rows, batch.cols].float()
+        return logits[batch.rows, batch.cols].float(), image_features.float()
 
 
 def codec_losses(codec, halves: FrozenHalves, x: torch.Tensor, batch: codec_data.Batch,
-                 variance: float, distill_weight: float,
-                 world: World | None = None) -> tuple[torch.Tensor, dict]:
+                 variance: float, distill_weight: float, world: World | None = None,
+                 vision_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
     """The training loss and its parts. Under DDP the distillation is divided by the mean
     number of answer tokens per process, not this process's own, so the averaged gradient is
-    exactly that of one process holding the whole global batch."""
+    exactly that of one process holding the whole global batch.
+
+    ``vision_weight`` adds the error of the image features the language model reads (after
+    the cloud's vision blocks and the projector), relative to their variance: at an early cut
+    the reconstruction weighs every channel of the cut alike, while the blocks after it amplify
+    some errors and ignore others; this term measures them where they arrive."""
     x_hat, codebook_loss, commit_loss = codec(x)
     recon = F.mse_loss(x_hat, x) / variance
     loss = recon + codebook_loss + 0.25 * commit_loss
     parts = {"recon": recon.item()}
     if distill_weight:
         with torch.no_grad():
-            teacher = halves.answer_logits(x, batch).log_softmax(-1)
-        student = halves.answer_logits(x_hat, batch).log_softmax(-1)
+            teacher, teacher_image = halves.answer_logits(x, batch)
+            teacher = teacher.log_softmax(-1)
+        student, student_image = halves.answer_logits(x_hat, batch)
+        student = student.log_softmax(-1)
         tokens = world.mean(float(len(student))) if world else len(student)
         distill = F.kl_div(student, teacher, log_target=True, reduction="sum") / tokens
         loss = loss + distill_weight * distill
         parts["distill"] = distill.item()
+        if vision_weight:
+            image_error = F.mse_loss(student_image, teacher_image) / teacher_image.var()
+            loss = loss + vision_weight * image_error
+            parts["image_features"] = image_error.item()
         parts["agreement"] = (student.argmax(-1) == teacher.argmax(-1)).float().mean().item()
     return loss, parts
 
@@ -190,6 +206,8 @@ def initialise(codec: AlignedVQ, halves: FrozenHalves, make_batches, images: int
     variance over the initialisation images (the reconstruction loss's scale).
     ``make_batches()`` gives a fresh pass over the initialisation images."""
     d = codec.config.feature_dim
+    if codec.config.position_prior and run.init_from is None:
+        codec.set_position_mean(_position_mean(codec, halves, make_batches(), run.progress))
     total = torch.zeros(d, dtype=torch.float64)
     outer = torch.zeros(d, d, dtype=torch.float64)
     seen, token_mean, token_log_std = 0, 0.0, 0.0
@@ -197,14 +215,14 @@ def initialise(codec: AlignedVQ, halves: FrozenHalves, make_batches, images: int
     first_pass = make_batches() if run.init_from is None else ()
     for batch in tqdm(first_pass, desc="codec initialisation: PCA", unit="batch",
                       disable=not run.progress):
-        flat = halves.features(batch.pixels).reshape(-1, d)
-        aligned, mean, log_std = codec.align(flat)
-        aligned = aligned.double().cpu()
+        feats = halves.features(batch.pixels)
+        aligned = codec.aligned_residual(feats).reshape(-1, d).double().cpu()
+        _, mean, log_std = codec.align(feats)
         total += aligned.sum(0)
         outer += aligned.T @ aligned
         token_mean += mean.sum().item()
         token_log_std += log_std.sum().item()
-        seen += len(flat)
+        seen += len(aligned)
         if seen >= PCA_TOKENS:
             break
     if run.init_from is None:
@@ -222,7 +240,7 @@ def initialise(codec: AlignedVQ, halves: FrozenHalves, make_batches, images: int
         if run.init_from is None:
             for image in feats:
                 picks = torch.randperm(len(image), generator=g)[:per_image].to(image.device)
-                projected.append(codec.project(image[picks]))
+                projected.append(codec.project(image)[picks])
     if run.init_from is None:
         codec.initialise_codebooks(torch.cat(projected)[:run.init_tokens], run.seed)
     else:
@@ -231,12 +249,29 @@ def initialise(codec: AlignedVQ, halves: FrozenHalves, make_batches, images: int
     return square_sum / count - (mean_sum / count) ** 2
 
 
+@torch.no_grad()
+def _position_mean(codec: AlignedVQ, halves: FrozenHalves, batches,
+                   progress: bool) -> torch.Tensor:
+    """The aligned tokens' mean at each position (tokens, D) over the first images (as many
+    as the PCA reads), for the position prior's starting point."""
+    total, images = None, 0
+    for batch in tqdm(batches, desc="codec initialisation: position mean", unit="batch",
+                      disable=not progress):
+        feats = codec.align(halves.features(batch.pixels))[0].double()
+        total = feats.sum(0) if total is None else total + feats.sum(0)
+        images += len(feats)
+        if images * feats.shape[1] >= PCA_TOKENS:
+            break
+    return (total / images).float()
+
+
 def warm_start(codec_dir: Path, config: CodecConfig) -> AlignedVQ:
     """The codec to fine-tune: it must have this run's geometry and vision fingerprint."""
     start = AlignedVQ.load(codec_dir, expect_fingerprint=config.vision_fingerprint,
                            expect_split_layer=config.split_layer)
     differ = [f"{k} {getattr(start.config, k)} vs {getattr(config, k)}"
-              for k in ("feature_dim", "code_dim", "bits", "stages", "tokens")
+              for k in ("feature_dim", "code_dim", "bits", "stages", "tokens",
+                        "position_prior")
               if getattr(start.config, k) != getattr(config, k)]
     if differ:
         raise ValueError(f"--init-from {codec_dir}: not this run's geometry ("
@@ -246,14 +281,15 @@ def warm_start(codec_dir: Path, config: CodecConfig) -> AlignedVQ:
 
 @torch.no_grad()
 def evaluate_held_out(codec: AlignedVQ, halves: FrozenHalves, data, variance: float,
-                      distill_weight: float) -> dict:
+                      distill_weight: float, vision_weight: float = 0.0) -> dict:
     """The losses over the held-out samples: reconstruction per image, distillation and
     answer-token agreement per answer token."""
     totals, weights = {}, {}
     for batch in data:
         batch = batch.to(halves.device)
         x = halves.features(batch.pixels)
-        _, parts = codec_losses(codec, halves, x, batch, variance, distill_weight)
+        _, parts = codec_losses(codec, halves, x, batch, variance, distill_weight,
+                                vision_weight=vision_weight)
         for k, v in parts.items():
             weight = len(x) if k == "recon" else len(batch.rows)
             totals[k] = totals.get(k, 0.0) + v * weight
@@ -321,7 +357,7 @@ def _train(run: CodecTraining, world: World) -> dict:
                          bits=run.bits, stages=run.stages,
                          tokens=edge.split.tokens(edge.config.vision_config),
                          split_layer=edge.split.split_layer, vision_fingerprint=edge.fingerprint,
-                         model_id=Path(run.model_dir).name)
+                         model_id=Path(run.model_dir).name, position_prior=run.position_prior)
     if run.init_from is not None:
         warm_start(run.init_from, config)  # refused before any image is read
     codec = AlignedVQ(config).to(world.device)
@@ -368,7 +404,8 @@ def _train(run: CodecTraining, world: World) -> dict:
     for step in bar:
         batch = next(data).to(world.device)
         x = halves.features(batch.pixels)
-        loss, parts = codec_losses(model, halves, x, batch, variance, run.distill_weight, world)
+        loss, parts = codec_losses(model, halves, x, batch, variance, run.distill_weight, world,
+                                   run.vision_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -397,7 +434,7 @@ def _train(run: CodecTraining, world: World) -> dict:
             codec.eval()
             log.write(event="held_out", step=step,
                       **evaluate_held_out(codec, halves, held_data, variance,
-                                          run.distill_weight))
+                                          run.distill_weight, run.vision_weight))
             codec.train()
         stopping = step == run.stop_at and step < run.steps
         if (step % run.save_every == 0 and step < run.steps) or stopping:
@@ -414,7 +451,8 @@ def _train(run: CodecTraining, world: World) -> dict:
     summary = {"config": config.__dict__, "images": len(dataset), "held_out": len(held_samples),
                "format": dataset.format, "steps": run.steps, "batch": run.batch,
                "processes": world.size, "device": str(world.device), "dtype": run.dtype,
-               "lr": run.lr, "distill_weight": run.distill_weight, "seed": run.seed,
+               "lr": run.lr, "distill_weight": run.distill_weight,
+               "vision_weight": run.vision_weight, "seed": run.seed,
                "history": history, "minutes": round((time.monotonic() - started) / 60, 1),
                "codes_used": [int((u > 0.01).sum()) for u in world.sum(usage.clone())]}
     if world.is_main:

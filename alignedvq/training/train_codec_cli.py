@@ -4,6 +4,7 @@ docs/model_and_codec.md, "Training a codec for your checkpoint")."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -35,6 +36,15 @@ def add_parser(sub) -> None:
     p.add_argument("--distill-weight", type=float, default=1.0,
                    help="weight of the answer-distribution distillation (0 disables it and "
                         "the language model is not loaded)")
+    p.add_argument("--vision-weight", type=float, default=0.0,
+                   help="weight of the error of the image features the language model reads "
+                        "(after the cloud's vision blocks and projector), relative to their "
+                        "variance; helps an early --split-layer; needs --distill-weight > 0. "
+                        "Default 0")
+    p.add_argument("--position-prior", action=argparse.BooleanOptionalAction, default=None,
+                   help="learn a mean per token position, known to edge and cloud, so the "
+                        "codewords spend no bits on the position embedding; helps an early "
+                        "--split-layer (default: off, or the --init-from codec's)")
     p.add_argument("--max-images", type=int, help="use only the first N samples")
     p.add_argument("--seed", type=int, default=0, help="fixes init, k-means and order")
     p.add_argument("--device", default="cpu",
@@ -72,12 +82,14 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-GEOMETRY_DEFAULTS = {"bits": 12, "stages": 1, "code_dim": 32, "split_layer": None}
+GEOMETRY_DEFAULTS = {"bits": 12, "stages": 1, "code_dim": 32, "split_layer": None,
+                     "position_prior": False}
 
 
 def fill_geometry(args) -> None:
-    """--bits, --stages, --code-dim and --split-layer left out: the --init-from codec's (a
-    fine-tune keeps its geometry without repeating it), else the defaults."""
+    """--bits, --stages, --code-dim, --split-layer and --position-prior left out: the
+    --init-from codec's (a fine-tune keeps its geometry without repeating it), else the
+    defaults."""
     start = {}
     if args.init_from:
         meta = Path(args.init_from) / "codec.json"
@@ -95,12 +107,17 @@ def run(args) -> int:
 
     fix_mmap_threshold()  # before the first feature batch (host_memory.py says why)
     fill_geometry(args)
+    if args.vision_weight and not args.distill_weight:
+        print("error: --vision-weight needs the cloud half, which --distill-weight 0 leaves "
+              "out", file=sys.stderr)
+        return 2
     torch.set_num_threads(args.threads)
     settings = CodecTraining(
         model_dir=Path(args.model), dataset=Path(args.dataset), out=Path(args.out),
         bits=args.bits, stages=args.stages, split_layer=args.split_layer,
         code_dim=args.code_dim, steps=args.steps, batch=args.batch, lr=args.lr,
-        distill_weight=args.distill_weight, seed=args.seed, max_images=args.max_images,
+        distill_weight=args.distill_weight, vision_weight=args.vision_weight,
+        position_prior=args.position_prior, seed=args.seed, max_images=args.max_images,
         image_folder=Path(args.image_folder) if args.image_folder else None,
         device=args.device, dtype=args.dtype, workers=args.workers,
         init_images=args.init_images, init_tokens=args.init_tokens,

@@ -10,6 +10,16 @@ token, more than the 1.5-byte index itself; instead the decoder *predicts* them 
 codeword (a learned linear head), so they are quantised jointly with the direction and cost no
 extra byte. Nothing else is needed on the cloud side, so the payload is the indices plus a
 fixed header.
+
+Optionally (``position_prior``) both sides also hold a learned mean per token position of the
+aligned tokens, subtracted before the down-projection and added back after the up-projection,
+and a learned offset per position of the predicted statistics. Before the last vision block a
+token's state still carries its position embedding, the same for every image: without the prior
+the codebook spends codewords on it; with it, the position costs no byte and the codewords
+describe what the image adds (docs/model_and_codec.md measures it at the early split point). It
+works on the aligned tokens, not the raw ones: a raw token minus its position mean can be
+nearly zero (a plain background patch), and standardising that would blow noise up to unit
+scale.
 """
 
 from __future__ import annotations
@@ -47,6 +57,15 @@ class CodecConfig:
     vision_fingerprint: str       # common.split.weights.vision_fingerprint of blocks [0, K)
     model_id: str = ""            # informational: the checkpoint's folder name
     alignment: str = "per-token standardisation + learned affine; stats predicted from codeword"
+    position_prior: bool = False  # a learned per-position mean, removed before encoding
+
+    def identity(self) -> dict:
+        """The settings the fingerprint hashes. ``position_prior`` only when on, so codecs made
+        before it existed keep the fingerprint their codec.json records."""
+        fields = asdict(self)
+        if not fields["position_prior"]:
+            del fields["position_prior"]
+        return fields
 
     @property
     def codebook_size(self) -> int:
@@ -65,6 +84,9 @@ class AlignedVQ(nn.Module):
         self.up = nn.Linear(c, d)
         # Predicts each token's mean and log-std (the alignment statistics) from its codeword.
         self.stats = nn.Linear(c, 2)
+        if config.position_prior:
+            self.position_mean = nn.Parameter(torch.zeros(config.tokens, d))
+            self.position_stats = nn.Parameter(torch.zeros(config.tokens, 2))
 
     # -- edge -----------------------------------------------------------------
     def align(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -73,8 +95,14 @@ class AlignedVQ(nn.Module):
         a = (x - mean) * torch.exp(-log_std) * self.align_scale + self.align_shift
         return a, mean, log_std
 
+    def aligned_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """Aligned features (..., tokens, D) less the position prior (none: just aligned)."""
+        a = self.align(x.float())[0]
+        return a - self.position_mean if self.config.position_prior else a
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.align(x.float())[0])
+        """Features (..., tokens, D) -> the down-projected tokens the codebook quantises."""
+        return self.down(self.aligned_residual(x))
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Residual nearest-codeword search: indices (..., stages) and the summed codewords."""
@@ -97,9 +125,12 @@ class AlignedVQ(nn.Module):
 
     # -- cloud ----------------------------------------------------------------
     def reconstruct(self, q: torch.Tensor) -> torch.Tensor:
-        stats = self.stats(q)
+        """Summed codewords (..., tokens, code_dim) -> features (..., tokens, D)."""
+        stats, a = self.stats(q), self.up(q)
+        if self.config.position_prior:
+            stats, a = stats + self.position_stats, a + self.position_mean
         mean, log_std = stats[..., :1], stats[..., 1:]
-        return self.up(q) * torch.exp(log_std) + mean
+        return a * torch.exp(log_std) + mean
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         return sum(self.codebooks[s][indices[..., s]] for s in range(self.config.stages))
@@ -110,6 +141,12 @@ class AlignedVQ(nn.Module):
         return self.reconstruct(self.lookup(indices))
 
     # -- training -------------------------------------------------------------
+    @torch.no_grad()
+    def set_position_mean(self, mean: torch.Tensor) -> None:
+        """The prior's starting point: the aligned tokens' mean at each position (tokens, D)
+        (the statistics' offsets start at zero)."""
+        self.position_mean.copy_(mean.to(self.position_mean))
+
     @torch.no_grad()
     def set_projection(self, mu: torch.Tensor, covariance: torch.Tensor, token_mean: float,
                        token_log_std: float) -> None:
@@ -173,8 +210,8 @@ class AlignedVQ(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()},
                   str(out / CODEC_WEIGHTS))
-        meta = asdict(self.config) | {"codebook_size": self.config.codebook_size,
-                                      "fingerprint": self.fingerprint()}
+        meta = self.config.identity() | {"codebook_size": self.config.codebook_size,
+                                         "fingerprint": self.fingerprint()}
         (out / CODEC_CONFIG).write_text(json.dumps(meta, indent=1) + "\n")
 
     @staticmethod
@@ -215,7 +252,7 @@ class AlignedVQ(nn.Module):
 
     def fingerprint(self) -> str:
         """Identifies this codec's weights: the edge and cloud must hold the same one."""
-        h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps(self.config.identity(), sort_keys=True).encode())
         for k, v in sorted(self.state_dict().items()):
             h.update(k.encode())
             h.update(v.detach().float().contiguous().numpy().tobytes())
