@@ -19,11 +19,28 @@ from common.split.weights import vision_fingerprint
 from common.wire.messages import codes_request_messages
 
 
-def small_codec(bits=6, stages=2, dim=16, tokens=10, position_prior=False):
+def small_codec(bits=6, stages=2, dim=16, tokens=10, position_prior=False, context_layers=0):
     torch.manual_seed(0)
     return AlignedVQ(CodecConfig(feature_dim=dim, code_dim=4, bits=bits, stages=stages,
                                  tokens=tokens, split_layer=1, vision_fingerprint="00" * 8,
-                                 position_prior=position_prior)).eval()
+                                 position_prior=position_prior,
+                                 context_layers=context_layers)).eval()
+
+
+def test_context_layers_start_as_the_identity_and_then_read_the_other_tokens():
+    plain, with_context = small_codec(), small_codec(context_layers=2)
+    x = torch.randn(3, 10, 16) * 5 + 2
+    idx = plain.encode(x)
+    assert torch.equal(with_context.encode(x), idx)  # the edge is unchanged
+    torch.testing.assert_close(with_context.decode(idx), plain.decode(idx))
+    with torch.no_grad():
+        for layer in with_context.context:
+            torch.nn.init.normal_(layer.attention.out_proj.weight)
+    other = idx.clone()
+    other[:, 1:] = (other[:, 1:] + 1) % 64  # every token but the first changes its codeword
+    decoded, changed = with_context.decode(idx), with_context.decode(other)
+    assert not torch.allclose(decoded[:, 0], changed[:, 0])  # token 0 read its neighbours
+    torch.testing.assert_close(plain.decode(idx)[:, 0], plain.decode(other)[:, 0])
 
 
 def test_a_zero_position_prior_is_the_plain_codec():
@@ -56,16 +73,19 @@ def test_the_position_prior_spends_no_codeword_on_what_every_image_shares():
     assert errors[True] < 0.5 * errors[False], errors
 
 
-def test_a_position_prior_round_trips_and_leaves_older_fingerprints_alone(tmp_path):
+def test_the_options_round_trip_and_leave_older_fingerprints_alone(tmp_path):
     plain = small_codec()
-    assert "position_prior" not in plain.config.identity()  # codecs made before it existed
-    codec = small_codec(position_prior=True)
+    # codecs made before the options existed
+    assert not {"position_prior", "context_layers"} & set(plain.config.identity())
+    codec = small_codec(position_prior=True, context_layers=1)
     with torch.no_grad():
         codec.position_mean.copy_(torch.randn(10, 16))
     codec.save(tmp_path)
-    assert json.loads((tmp_path / "codec.json").read_text())["position_prior"] is True
+    meta = json.loads((tmp_path / "codec.json").read_text())
+    assert meta["position_prior"] is True and meta["context_layers"] == 1
     loaded = AlignedVQ.load(tmp_path)
-    assert loaded.config.position_prior and loaded.fingerprint() == codec.fingerprint()
+    assert loaded.config.position_prior and loaded.config.context_layers == 1
+    assert loaded.fingerprint() == codec.fingerprint()
     torch.testing.assert_close(loaded.position_mean, codec.position_mean)
     assert codec.fingerprint() != plain.fingerprint()
 
@@ -204,13 +224,14 @@ def test_a_fine_tune_keeps_its_codecs_geometry_unless_told():
     from alignedvq.training.train_codec_cli import fill_geometry
 
     args = argparse.Namespace(init_from=str(EARLY_CODEC_DIR), bits=None, stages=None,
-                              code_dim=None, split_layer=None, position_prior=None)
+                              code_dim=None, split_layer=None, position_prior=None,
+                              context_layers=None)
     fill_geometry(args)
     early = json.loads((EARLY_CODEC_DIR / "codec.json").read_text())
     assert (args.bits, args.stages, args.code_dim, args.split_layer, args.position_prior) == (
         early["bits"], 1, early["code_dim"], 1, early.get("position_prior", False))
     args = argparse.Namespace(init_from=None, bits=None, stages=2, code_dim=None,
-                              split_layer=None, position_prior=None)
+                              split_layer=None, position_prior=None, context_layers=1)
     fill_geometry(args)
-    assert (args.bits, args.stages, args.code_dim, args.split_layer, args.position_prior) == (
-        12, 2, 32, None, False)
+    assert (args.bits, args.stages, args.code_dim, args.split_layer, args.position_prior,
+            args.context_layers) == (12, 2, 32, None, False, 1)

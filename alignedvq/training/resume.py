@@ -22,7 +22,9 @@ STATE = "state.pt"
 # Settings a resumed run must share with the one that wrote the checkpoint: anything else
 # (steps, workers, logging, evaluation) may change between the two.
 MUST_MATCH = ("model_dir", "dataset", "bits", "stages", "split_layer", "code_dim", "batch",
-              "seed", "max_images", "held_out", "init_from")
+              "seed", "max_images", "held_out", "init_from", "position_prior", "context_layers")
+# What a checkpoint written before a setting existed ran with.
+BEFORE_IT_EXISTED = {"position_prior": "False", "context_layers": "0"}
 
 
 def _rng_file(rank: int) -> str:
@@ -71,6 +73,7 @@ def load(folder: Path, rank: int) -> dict | None:
 
 def check_settings(state: dict, settings: dict) -> None:
     saved = state["settings"]
+    saved = {**BEFORE_IT_EXISTED, **saved}
     differ = [f"{k}: checkpoint {saved.get(k)!r}, now {str(settings[k])!r}" for k in MUST_MATCH
               if saved.get(k) != str(settings[k])]
     if differ:

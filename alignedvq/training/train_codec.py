@@ -58,6 +58,7 @@ class CodecTraining:
     distill_weight: float = 1.0
     vision_weight: float = 0.0     # the image features the language model sees (needs distill)
     position_prior: bool = False
+    context_layers: int = 0
     seed: int = 0
     max_images: int | None = None
     image_folder: Path | None = None
@@ -271,7 +272,7 @@ def warm_start(codec_dir: Path, config: CodecConfig) -> AlignedVQ:
                            expect_split_layer=config.split_layer)
     differ = [f"{k} {getattr(start.config, k)} vs {getattr(config, k)}"
               for k in ("feature_dim", "code_dim", "bits", "stages", "tokens",
-                        "position_prior")
+                        "position_prior", "context_layers")
               if getattr(start.config, k) != getattr(config, k)]
     if differ:
         raise ValueError(f"--init-from {codec_dir}: not this run's geometry ("
@@ -357,7 +358,8 @@ def _train(run: CodecTraining, world: World) -> dict:
                          bits=run.bits, stages=run.stages,
                          tokens=edge.split.tokens(edge.config.vision_config),
                          split_layer=edge.split.split_layer, vision_fingerprint=edge.fingerprint,
-                         model_id=Path(run.model_dir).name, position_prior=run.position_prior)
+                         model_id=Path(run.model_dir).name, position_prior=run.position_prior,
+                         context_layers=run.context_layers)
     if run.init_from is not None:
         warm_start(run.init_from, config)  # refused before any image is read
     codec = AlignedVQ(config).to(world.device)

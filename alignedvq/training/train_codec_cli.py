@@ -45,6 +45,10 @@ def add_parser(sub) -> None:
                    help="learn a mean per token position, known to edge and cloud, so the "
                         "codewords spend no bits on the position embedding; helps an early "
                         "--split-layer (default: off, or the --init-from codec's)")
+    p.add_argument("--context-layers", type=int, default=None,
+                   help="transformer layers in the decoder over each image's tokens (cloud "
+                        "side only: the edge and the bytes do not change); helps an early "
+                        "--split-layer (default: 0, or the --init-from codec's)")
     p.add_argument("--max-images", type=int, help="use only the first N samples")
     p.add_argument("--seed", type=int, default=0, help="fixes init, k-means and order")
     p.add_argument("--device", default="cpu",
@@ -83,12 +87,12 @@ def add_parser(sub) -> None:
 
 
 GEOMETRY_DEFAULTS = {"bits": 12, "stages": 1, "code_dim": 32, "split_layer": None,
-                     "position_prior": False}
+                     "position_prior": False, "context_layers": 0}
 
 
 def fill_geometry(args) -> None:
-    """--bits, --stages, --code-dim, --split-layer and --position-prior left out: the
-    --init-from codec's (a fine-tune keeps its geometry without repeating it), else the
+    """--bits, --stages, --code-dim, --split-layer, --position-prior and --context-layers left
+    out: the --init-from codec's (a fine-tune keeps its geometry without repeating it), else the
     defaults."""
     start = {}
     if args.init_from:
@@ -117,7 +121,8 @@ def run(args) -> int:
         bits=args.bits, stages=args.stages, split_layer=args.split_layer,
         code_dim=args.code_dim, steps=args.steps, batch=args.batch, lr=args.lr,
         distill_weight=args.distill_weight, vision_weight=args.vision_weight,
-        position_prior=args.position_prior, seed=args.seed, max_images=args.max_images,
+        position_prior=args.position_prior, context_layers=args.context_layers,
+        seed=args.seed, max_images=args.max_images,
         image_folder=Path(args.image_folder) if args.image_folder else None,
         device=args.device, dtype=args.dtype, workers=args.workers,
         init_images=args.init_images, init_tokens=args.init_tokens,

@@ -20,6 +20,13 @@ describe what the image adds (docs/model_and_codec.md measures it at the early s
 works on the aligned tokens, not the raw ones: a raw token minus its position mean can be
 nearly zero (a plain background patch), and standardising that would blow noise up to unit
 scale.
+
+Optionally (``context_layers``) the decoder refines each image's tokens together, with small
+transformer layers over the decoded tokens (cloud only: the edge and the wire do not change).
+A codeword says what one patch looks like; its neighbours' codewords say what it is part of
+(the side of a triangle or of a square), which one patch's index alone cannot tell. The layers
+start as the identity (zero output projections), so a new codec starts where one without them
+does.
 """
 
 from __future__ import annotations
@@ -58,18 +65,41 @@ class CodecConfig:
     model_id: str = ""            # informational: the checkpoint's folder name
     alignment: str = "per-token standardisation + learned affine; stats predicted from codeword"
     position_prior: bool = False  # a learned per-position mean, removed before encoding
+    context_layers: int = 0       # decoder layers over each image's tokens (cloud only)
 
     def identity(self) -> dict:
-        """The settings the fingerprint hashes. ``position_prior`` only when on, so codecs made
-        before it existed keep the fingerprint their codec.json records."""
-        fields = asdict(self)
-        if not fields["position_prior"]:
-            del fields["position_prior"]
-        return fields
+        """The settings the fingerprint hashes and codec.json records. The optional ones only
+        when on, so codecs made before they existed keep their fingerprints."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in OPTIONAL_OFF or v != OPTIONAL_OFF[k]}
 
     @property
     def codebook_size(self) -> int:
         return 1 << self.bits
+
+
+# Settings added after the first codecs shipped, and the value those codecs have.
+OPTIONAL_OFF = {"position_prior": False, "context_layers": 0}
+
+
+class ContextLayer(nn.Module):
+    """A pre-norm transformer layer over one image's decoded tokens (batch, tokens, D). Its
+    output projections start at zero, so a new layer passes the tokens through unchanged."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, max(1, dim // 64), batch_first=True)
+        self.mlp_norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        for out in (self.attention.out_proj, self.mlp[2]):
+            nn.init.zeros_(out.weight)
+            nn.init.zeros_(out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.attention_norm(x)
+        x = x + self.attention(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.mlp_norm(x))
 
 
 class AlignedVQ(nn.Module):
@@ -87,6 +117,7 @@ class AlignedVQ(nn.Module):
         if config.position_prior:
             self.position_mean = nn.Parameter(torch.zeros(config.tokens, d))
             self.position_stats = nn.Parameter(torch.zeros(config.tokens, 2))
+        self.context = nn.ModuleList(ContextLayer(d) for _ in range(config.context_layers))
 
     # -- edge -----------------------------------------------------------------
     def align(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -129,6 +160,12 @@ class AlignedVQ(nn.Module):
         stats, a = self.stats(q), self.up(q)
         if self.config.position_prior:
             stats, a = stats + self.position_stats, a + self.position_mean
+        if len(self.context):
+            shape = a.shape
+            a = a.reshape(-1, *shape[-2:])
+            for layer in self.context:
+                a = layer(a)
+            a = a.reshape(shape)
         mean, log_std = stats[..., :1], stats[..., 1:]
         return a * torch.exp(log_std) + mean
 
