@@ -171,7 +171,7 @@ def write_edge(vision: EdgeVision, codec: AlignedVQ, preprocess: Preprocess, out
             if f.is_file():
                 os.replace(f, out_dir / f.name)
     cfg = codec.config
-    spec = EdgeSpec(preprocess=preprocess, image_size=image_size, tokens=cfg.tokens,
+    spec = EdgeSpec(preprocess=preprocess, image_size=image_size, tokens=cfg.coded_tokens,
                     bits=cfg.bits, stages=cfg.stages, codebook_size=cfg.codebook_size,
                     split_layer=cfg.split_layer, vision_fingerprint=vision.fingerprint,
                     codec_fingerprint=codec_fingerprint, model_id=model_id,

@@ -19,7 +19,8 @@ def split_point_info(point: ServedSplit) -> pb.SplitPoint:
         codebook_size=codec.codebook_size if codec else 0, bits=codec.bits if codec else 0,
         stages=codec.stages if codec else 0, tokens=point.tokens,
         cls_included=point.split.sends_cls,
-        encodings=[e.encoding for e in point.encodings.values()])
+        encodings=[e.encoding for e in point.encodings.values()],
+        coded_tokens=codec.coded_tokens if codec else 0)
 
 
 def server_info(model: CloudModel, config: ServerConfig) -> pb.GetServerInfoResponse:

@@ -61,14 +61,18 @@ class RequestValidator:
         if mode is None:
             raise InvalidRequest(f"unknown feature encoding {header.encoding}; expected one of "
                                  f"{', '.join(FEATURE_MODES)} (FeatureEncoding 1-3)")
-        if header.tokens != point.tokens:
+        if mode == ALIGNEDVQ and point.codec is None:
+            raise Incompatible(f"this server runs without a codec at split layer "
+                               f"{point.split_layer}; send fp16/int8 features or an image")
+        # The cut's tokens, or for AlignedVQ the codec's coded ones (a codec may leave CLS
+        # uncoded).
+        tokens = point.encodings[mode].tokens
+        if header.tokens != tokens:
             raise InvalidRequest(f"header says {header.tokens} tokens; this model's split at "
-                                 f"layer {point.split_layer} sends {point.tokens}")
+                                 f"layer {point.split_layer} sends {tokens}"
+                                 + (f" in {mode}" if tokens != point.tokens else ""))
         stages = 1
         if mode == ALIGNEDVQ:
-            if point.codec is None:
-                raise Incompatible(f"this server runs without a codec at split layer "
-                                   f"{point.split_layer}; send fp16/int8 features or an image")
             if header.codec_fingerprint != fingerprint_bytes(point.codec_fingerprint):
                 raise Incompatible(f"the request was encoded with codec "
                                    f"{header.codec_fingerprint.hex() or '(none)'}, this server "

@@ -341,8 +341,9 @@ def auto_codecs(args: argparse.Namespace) -> list[EdgeCodec]:
             raise BadInput(f"no codec at {folder} (expected codec.json, as `alignedvq "
                            f"train-codec` writes it)")
         meta = json.loads(config.read_text())
+        coded_tokens = meta["tokens"] - meta.get("uncoded_tokens", 0)  # the ones that cross
         codecs.append(EdgeCodec(
-            meta["split_layer"], meta["vision_fingerprint"], meta["fingerprint"], meta["tokens"],
+            meta["split_layer"], meta["vision_fingerprint"], meta["fingerprint"], coded_tokens,
             meta["bits"], meta["stages"],
             f"torch|{args.device}|{args.dtype}|{meta['fingerprint']}",
             lambda folder=folder: load_torch_edge(args, folder)))

@@ -86,7 +86,8 @@ def served_points(info: pb.GetServerInfoResponse) -> list[pb.SplitPoint]:
                           codec_fingerprint=info.codec_fingerprint,
                           codebook_size=info.codebook_size, bits=info.bits, stages=info.stages,
                           tokens=info.tokens, cls_included=info.cls_included,
-                          encodings=info.encodings)]
+                          encodings=info.encodings,
+                          coded_tokens=info.tokens if info.codec_fingerprint else 0)]
 
 
 def check_compatible(info: pb.GetServerInfoResponse, edge: EdgeEncoder) -> None:

@@ -19,12 +19,37 @@ from common.split.weights import vision_fingerprint
 from common.wire.messages import codes_request_messages
 
 
-def small_codec(bits=6, stages=2, dim=16, tokens=10, position_prior=False, context_layers=0):
+def small_codec(bits=6, stages=2, dim=16, tokens=10, position_prior=False, context_layers=0,
+                uncoded_tokens=0):
     torch.manual_seed(0)
     return AlignedVQ(CodecConfig(feature_dim=dim, code_dim=4, bits=bits, stages=stages,
                                  tokens=tokens, split_layer=1, vision_fingerprint="00" * 8,
-                                 position_prior=position_prior,
-                                 context_layers=context_layers)).eval()
+                                 position_prior=position_prior, context_layers=context_layers,
+                                 uncoded_tokens=uncoded_tokens)).eval()
+
+
+def test_an_uncoded_cls_is_not_sent_and_decodes_to_its_prior():
+    codec = small_codec(position_prior=True, uncoded_tokens=1)
+    with torch.no_grad():
+        codec.position_mean.copy_(torch.randn(10, 16))
+        codec.position_stats.copy_(torch.randn(10, 2) * 0.1)
+    x = torch.randn(3, 10, 16) * 5 + 2
+    idx = codec.encode(x)
+    assert idx.shape == (3, 9, 2)  # CLS (token 0) has no index
+    decoded = codec.decode(idx)
+    assert decoded.shape == (3, 10, 16)
+    other = x.clone()
+    other[:, 0] = torch.randn(3, 16) * 9  # CLS changes: nothing the edge sends does
+    assert torch.equal(codec.encode(other), idx)
+    with torch.no_grad():
+        mean, log_std = (codec.stats.bias + codec.position_stats[0]).unbind(-1)
+        cls = codec.position_mean[0] * torch.exp(log_std) + mean
+    torch.testing.assert_close(decoded[:, 0], cls.expand(3, 16))
+    enc = AlignedVQEncoding(codec)
+    assert enc.tokens == 9 and enc.chunk_size(0) == 7  # 9 indices x 6 bits
+    torch.testing.assert_close(enc.decode(enc.encode(x[0])), decoded[0])
+    with pytest.raises(ValueError, match="needs position_prior"):
+        small_codec(uncoded_tokens=1)
 
 
 def test_context_layers_start_as_the_identity_and_then_read_the_other_tokens():
@@ -225,13 +250,14 @@ def test_a_fine_tune_keeps_its_codecs_geometry_unless_told():
 
     args = argparse.Namespace(init_from=str(EARLY_CODEC_DIR), bits=None, stages=None,
                               code_dim=None, split_layer=None, position_prior=None,
-                              context_layers=None)
+                              context_layers=None, uncoded_cls=None)
     fill_geometry(args)
     early = json.loads((EARLY_CODEC_DIR / "codec.json").read_text())
     assert (args.bits, args.stages, args.code_dim, args.split_layer, args.position_prior) == (
         early["bits"], 1, early["code_dim"], 1, early.get("position_prior", False))
     args = argparse.Namespace(init_from=None, bits=None, stages=2, code_dim=None,
-                              split_layer=None, position_prior=None, context_layers=1)
+                              split_layer=None, position_prior=None, context_layers=1,
+                              uncoded_cls=None)
     fill_geometry(args)
     assert (args.bits, args.stages, args.code_dim, args.split_layer, args.position_prior,
             args.context_layers) == (12, 2, 32, None, False, 1)

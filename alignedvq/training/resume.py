@@ -22,9 +22,10 @@ STATE = "state.pt"
 # Settings a resumed run must share with the one that wrote the checkpoint: anything else
 # (steps, workers, logging, evaluation) may change between the two.
 MUST_MATCH = ("model_dir", "dataset", "bits", "stages", "split_layer", "code_dim", "batch",
-              "seed", "max_images", "held_out", "init_from", "position_prior", "context_layers")
+              "seed", "max_images", "held_out", "init_from", "position_prior", "context_layers",
+              "uncoded_cls")
 # What a checkpoint written before a setting existed ran with.
-BEFORE_IT_EXISTED = {"position_prior": "False", "context_layers": "0"}
+BEFORE_IT_EXISTED = {"position_prior": "False", "context_layers": "0", "uncoded_cls": "False"}
 
 
 def _rng_file(rank: int) -> str:

@@ -59,6 +59,7 @@ class CodecTraining:
     vision_weight: float = 0.0     # the image features the language model sees (needs distill)
     position_prior: bool = False
     context_layers: int = 0
+    uncoded_cls: bool = False       # CLS not sent (needs position_prior; only where CLS crosses)
     seed: int = 0
     max_images: int | None = None
     image_folder: Path | None = None
@@ -239,9 +240,9 @@ def initialise(codec: AlignedVQ, halves: FrozenHalves, make_batches, images: int
         moments += torch.tensor([feats.numel(), feats.sum().item(), feats.pow(2).sum().item()],
                                 dtype=torch.float64)
         if run.init_from is None:
-            for image in feats:
+            for image in codec.project(feats):
                 picks = torch.randperm(len(image), generator=g)[:per_image].to(image.device)
-                projected.append(codec.project(image)[picks])
+                projected.append(image[picks])
     if run.init_from is None:
         codec.initialise_codebooks(torch.cat(projected)[:run.init_tokens], run.seed)
     else:
@@ -272,7 +273,7 @@ def warm_start(codec_dir: Path, config: CodecConfig) -> AlignedVQ:
                            expect_split_layer=config.split_layer)
     differ = [f"{k} {getattr(start.config, k)} vs {getattr(config, k)}"
               for k in ("feature_dim", "code_dim", "bits", "stages", "tokens",
-                        "position_prior", "context_layers")
+                        "position_prior", "context_layers", "uncoded_tokens")
               if getattr(start.config, k) != getattr(config, k)]
     if differ:
         raise ValueError(f"--init-from {codec_dir}: not this run's geometry ("
@@ -359,7 +360,8 @@ def _train(run: CodecTraining, world: World) -> dict:
                          tokens=edge.split.tokens(edge.config.vision_config),
                          split_layer=edge.split.split_layer, vision_fingerprint=edge.fingerprint,
                          model_id=Path(run.model_dir).name, position_prior=run.position_prior,
-                         context_layers=run.context_layers)
+                         context_layers=run.context_layers,
+                         uncoded_tokens=_uncoded_tokens(run, edge.split))
     if run.init_from is not None:
         warm_start(run.init_from, config)  # refused before any image is read
     codec = AlignedVQ(config).to(world.device)
@@ -462,6 +464,18 @@ def _train(run: CodecTraining, world: World) -> dict:
         (out / "training_log.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
         resume.remove(run.checkpoint_dir())
     return summary
+
+
+def _uncoded_tokens(run: CodecTraining, split) -> int:
+    if not run.uncoded_cls:
+        return 0
+    if not split.sends_cls:
+        raise ValueError(f"--uncoded-cls: no CLS crosses at split layer {split.split_layer} "
+                         f"(it does only before the feature layer)")
+    if not run.position_prior:
+        raise ValueError("--uncoded-cls: the cloud decodes CLS from the position prior; add "
+                         "--position-prior")
+    return 1
 
 
 def _chunks(n: int, size: int) -> list[list[int]]:

@@ -49,6 +49,10 @@ def add_parser(sub) -> None:
                    help="transformer layers in the decoder over each image's tokens (cloud "
                         "side only: the edge and the bytes do not change); helps an early "
                         "--split-layer (default: 0, or the --init-from codec's)")
+    p.add_argument("--uncoded-cls", action=argparse.BooleanOptionalAction, default=None,
+                   help="do not send CLS (it crosses only before the feature layer): the cloud "
+                        "decodes it from the position prior, which this needs; the bits go to "
+                        "the patches (default: off, or the --init-from codec's)")
     p.add_argument("--max-images", type=int, help="use only the first N samples")
     p.add_argument("--seed", type=int, default=0, help="fixes init, k-means and order")
     p.add_argument("--device", default="cpu",
@@ -87,17 +91,18 @@ def add_parser(sub) -> None:
 
 
 GEOMETRY_DEFAULTS = {"bits": 12, "stages": 1, "code_dim": 32, "split_layer": None,
-                     "position_prior": False, "context_layers": 0}
+                     "position_prior": False, "context_layers": 0, "uncoded_cls": False}
 
 
 def fill_geometry(args) -> None:
-    """--bits, --stages, --code-dim, --split-layer, --position-prior and --context-layers left
-    out: the --init-from codec's (a fine-tune keeps its geometry without repeating it), else the
-    defaults."""
+    """--bits, --stages, --code-dim, --split-layer, --position-prior, --context-layers and
+    --uncoded-cls left out: the --init-from codec's (a fine-tune keeps its geometry without
+    repeating it), else the defaults."""
     start = {}
     if args.init_from:
         meta = Path(args.init_from) / "codec.json"
         start = json.loads(meta.read_text()) if meta.is_file() else {}
+        start["uncoded_cls"] = bool(start.get("uncoded_tokens", 0))
     for name, default in GEOMETRY_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, start.get(name, default))
@@ -122,6 +127,7 @@ def run(args) -> int:
         code_dim=args.code_dim, steps=args.steps, batch=args.batch, lr=args.lr,
         distill_weight=args.distill_weight, vision_weight=args.vision_weight,
         position_prior=args.position_prior, context_layers=args.context_layers,
+        uncoded_cls=args.uncoded_cls,
         seed=args.seed, max_images=args.max_images,
         image_folder=Path(args.image_folder) if args.image_folder else None,
         device=args.device, dtype=args.dtype, workers=args.workers,

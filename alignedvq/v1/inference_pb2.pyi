@@ -224,7 +224,7 @@ class GetServerInfoResponse(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., split_layer: _Optional[int] = ..., codebook_size: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., tokens: _Optional[int] = ..., image_size: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., feature_dim: _Optional[int] = ..., feature_layer: _Optional[int] = ..., vision_layers: _Optional[int] = ..., cls_included: _Optional[bool] = ..., patch_grid: _Optional[int] = ..., encodings: _Optional[_Iterable[_Union[FeatureEncoding, str]]] = ..., max_image_pixels: _Optional[int] = ..., request_timeout_seconds: _Optional[float] = ..., split_points: _Optional[_Iterable[_Union[SplitPoint, _Mapping]]] = ..., image_handle_ttl_seconds: _Optional[float] = ..., max_history_turns: _Optional[int] = ...) -> None: ...
 
 class SplitPoint(_message.Message):
-    __slots__ = ("split_layer", "vision_fingerprint", "codec_fingerprint", "codebook_size", "bits", "stages", "tokens", "cls_included", "encodings")
+    __slots__ = ("split_layer", "vision_fingerprint", "codec_fingerprint", "codebook_size", "bits", "stages", "tokens", "cls_included", "encodings", "coded_tokens")
     SPLIT_LAYER_FIELD_NUMBER: _ClassVar[int]
     VISION_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CODEC_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -234,6 +234,7 @@ class SplitPoint(_message.Message):
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     CLS_INCLUDED_FIELD_NUMBER: _ClassVar[int]
     ENCODINGS_FIELD_NUMBER: _ClassVar[int]
+    CODED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     split_layer: int
     vision_fingerprint: bytes
     codec_fingerprint: bytes
@@ -243,7 +244,8 @@ class SplitPoint(_message.Message):
     tokens: int
     cls_included: bool
     encodings: _containers.RepeatedScalarFieldContainer[FeatureEncoding]
-    def __init__(self, split_layer: _Optional[int] = ..., vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., codebook_size: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., tokens: _Optional[int] = ..., cls_included: _Optional[bool] = ..., encodings: _Optional[_Iterable[_Union[FeatureEncoding, str]]] = ...) -> None: ...
+    coded_tokens: int
+    def __init__(self, split_layer: _Optional[int] = ..., vision_fingerprint: _Optional[bytes] = ..., codec_fingerprint: _Optional[bytes] = ..., codebook_size: _Optional[int] = ..., bits: _Optional[int] = ..., stages: _Optional[int] = ..., tokens: _Optional[int] = ..., cls_included: _Optional[bool] = ..., encodings: _Optional[_Iterable[_Union[FeatureEncoding, str]]] = ..., coded_tokens: _Optional[int] = ...) -> None: ...
 
 class ProbeLinkRequest(_message.Message):
     __slots__ = ("padding",)

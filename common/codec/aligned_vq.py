@@ -27,6 +27,12 @@ A codeword says what one patch looks like; its neighbours' codewords say what it
 (the side of a triangle or of a square), which one patch's index alone cannot tell. The layers
 start as the identity (zero output projections), so a new codec starts where one without them
 does.
+
+Optionally (``uncoded_tokens``, with the position prior) the first tokens at the cut are not
+sent at all: the decoder gives them their position prior. Before the feature layer CLS crosses
+too, and on the embedded model CLS after the first block carries nothing the answers use
+(replaced by its mean, accuracy is unchanged on both test sets: docs/model_and_codec.md), so
+its bits are better spent on the patches.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ class CodecConfig:
     alignment: str = "per-token standardisation + learned affine; stats predicted from codeword"
     position_prior: bool = False  # a learned per-position mean, removed before encoding
     context_layers: int = 0       # decoder layers over each image's tokens (cloud only)
+    uncoded_tokens: int = 0       # leading tokens never sent, decoded from the position prior
 
     def identity(self) -> dict:
         """The settings the fingerprint hashes and codec.json records. The optional ones only
@@ -77,9 +84,14 @@ class CodecConfig:
     def codebook_size(self) -> int:
         return 1 << self.bits
 
+    @property
+    def coded_tokens(self) -> int:
+        """Tokens per image whose indices cross the wire."""
+        return self.tokens - self.uncoded_tokens
+
 
 # Settings added after the first codecs shipped, and the value those codecs have.
-OPTIONAL_OFF = {"position_prior": False, "context_layers": 0}
+OPTIONAL_OFF = {"position_prior": False, "context_layers": 0, "uncoded_tokens": 0}
 
 
 class ContextLayer(nn.Module):
@@ -105,6 +117,9 @@ class ContextLayer(nn.Module):
 class AlignedVQ(nn.Module):
     def __init__(self, config: CodecConfig):
         super().__init__()
+        if config.uncoded_tokens and not config.position_prior:
+            raise ValueError("uncoded tokens are decoded from the position prior: "
+                             "uncoded_tokens needs position_prior")
         self.config = config
         d, c = config.feature_dim, config.code_dim
         self.align_scale = nn.Parameter(torch.ones(d))
@@ -127,12 +142,16 @@ class AlignedVQ(nn.Module):
         return a, mean, log_std
 
     def aligned_residual(self, x: torch.Tensor) -> torch.Tensor:
-        """Aligned features (..., tokens, D) less the position prior (none: just aligned)."""
+        """Aligned features (..., tokens, D) less the position prior (none: just aligned), of
+        the coded tokens only (..., coded_tokens, D)."""
         a = self.align(x.float())[0]
-        return a - self.position_mean if self.config.position_prior else a
+        if not self.config.position_prior:
+            return a
+        return (a - self.position_mean)[..., self.config.uncoded_tokens:, :]
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Features (..., tokens, D) -> the down-projected tokens the codebook quantises."""
+        """Features (..., tokens, D) -> the down-projected coded tokens the codebook
+        quantises (..., coded_tokens, code_dim)."""
         return self.down(self.aligned_residual(x))
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,15 +170,22 @@ class AlignedVQ(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Features (B, T, D) -> indices (B, T, stages), int64 in [0, K)."""
+        """Features (B, tokens, D) -> indices (B, coded_tokens, stages), int64 in [0, K)."""
         return self.quantize(self.project(x))[0]
 
     # -- cloud ----------------------------------------------------------------
     def reconstruct(self, q: torch.Tensor) -> torch.Tensor:
-        """Summed codewords (..., tokens, code_dim) -> features (..., tokens, D)."""
+        """Summed codewords (..., coded_tokens, code_dim) -> features (..., tokens, D)."""
         stats, a = self.stats(q), self.up(q)
         if self.config.position_prior:
-            stats, a = stats + self.position_stats, a + self.position_mean
+            n = self.config.uncoded_tokens
+            stats = stats + self.position_stats[n:]
+            a = a + self.position_mean[n:]
+            if n:  # the uncoded tokens: their prior, and the statistics of a zero codeword
+                lead = q.shape[:-2]
+                a = torch.cat([self.position_mean[:n].expand(*lead, n, -1), a], -2)
+                stats = torch.cat([(self.position_stats[:n] + self.stats.bias).expand(
+                    *lead, n, -1), stats], -2)
         if len(self.context):
             shape = a.shape
             a = a.reshape(-1, *shape[-2:])
@@ -174,7 +200,7 @@ class AlignedVQ(nn.Module):
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """Indices (B, T, stages) -> reconstructed features (B, T, D)."""
+        """Indices (B, coded_tokens, stages) -> reconstructed features (B, tokens, D)."""
         return self.reconstruct(self.lookup(indices))
 
     # -- training -------------------------------------------------------------

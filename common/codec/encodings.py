@@ -65,7 +65,8 @@ class AlignedVQEncoding(FeatureEncoding):
     encoding = pb.FEATURE_ENCODING_ALIGNEDVQ
 
     def __init__(self, codec: AlignedVQ):
-        super().__init__(codec.config.tokens, codec.config.feature_dim)
+        # Tokens on the wire: the codec's coded ones (decode gives every token at the cut).
+        super().__init__(codec.config.coded_tokens, codec.config.feature_dim)
         self.codec = codec
         self.bits, self.stages = codec.config.bits, codec.config.stages
 

@@ -17,6 +17,9 @@ def nearest_in_chunks(x: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
 
 
 def kmeans(x: torch.Tensor, k: int, iters: int, seed: int) -> torch.Tensor:
+    if len(x) < k:
+        raise ValueError(f"k-means for {k} codewords needs at least {k} tokens, got {len(x)}: "
+                         f"raise --init-images or --init-tokens, or use fewer --bits")
     g = torch.Generator().manual_seed(seed)
     centers = x[torch.randperm(len(x), generator=g)[:k]].clone()
     for _ in tqdm(range(iters), desc=f"k-means (K={k})", unit="iter", leave=False):
