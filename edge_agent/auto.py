@@ -92,12 +92,20 @@ class AutoCache:
         self.data["servers"][server] = state
         if self.path is None:
             return
-        # Atomic: two agents finishing at once leave one whole file, never a torn one.
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".edge-auto-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.data, f, indent=1)
-        os.replace(tmp, self.path)
+        try:
+            # Atomic: two agents finishing at once leave one whole file, never a torn one.
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".edge-auto-")
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.data, f, indent=1)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            # A read-only home (a container, a locked-down device) must not cost the answer:
+            # the measurements then last as long as this process.
+            print(f"edge-agent: cannot write the cache {self.path} ({e.strerror or e}); "
+                  f"keeping what was measured for this process only (--auto-cache FILE "
+                  f"elsewhere, or none)", file=sys.stderr)
+            self.path = None
 
 
 @dataclass

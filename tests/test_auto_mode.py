@@ -123,6 +123,19 @@ def test_the_cache_keeps_profiles_per_encoder_and_state_per_server(tmp_path):
     assert AutoCache(path).info("host:1") is None  # an unreadable cache starts afresh
 
 
+def test_a_cache_that_cannot_be_written_costs_no_answer(tmp_path, capsys):
+    from alignedvq.v1 import inference_pb2 as pb
+
+    (tmp_path / "a-file").write_text("")
+    cache = AutoCache(tmp_path / "a-file" / "auto.json")  # its folder cannot be made
+    keys = {"codes@1": "torch|cpu|float32|aa"}
+    cache.store("host:1", pb.GetServerInfoResponse(model_id="m"), model_for(TINY, 20, 10), keys)
+    assert "cannot write the cache" in capsys.readouterr().err
+    assert cache.info("host:1").model_id == "m"  # kept in memory
+    cache.store("host:1", pb.GetServerInfoResponse(model_id="m"), model_for(TINY, 20, 10), keys)
+    assert capsys.readouterr().err == ""  # said once
+
+
 @pytest.mark.integration
 def test_over_a_very_slow_link_the_agent_sends_codes(default_server, tmp_path):
     """64 kbit/s, 40 ms round trip: the 3.4 KB upload would take ~420 ms on the wire, codes
