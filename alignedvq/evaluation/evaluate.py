@@ -168,12 +168,14 @@ def evaluate(model_dir: Path, dataset: Path, limit: int | None = None, batch_siz
              device: str = "cpu", progress: bool = True, mode: str = "original",
              codec_dir: Path | None = None, split_layer: int | None = None,
              scorer: str = "exact", prompt_suffix: str = "", image_folder: Path | None = None,
-             max_new_tokens: int = MAX_NEW_TOKENS, predictions_path: Path | None = None) -> dict:
+             max_new_tokens: int = MAX_NEW_TOKENS, predictions_path: Path | None = None,
+             answerer=None) -> dict:
     """Greedy answers for the first ``limit`` questions, each scored in [0, 1] by ``scorer``;
     ``accuracy`` is the mean score. An image that fails to load is an error: its questions score
     0 and it is listed under ``errors``, never a crash. ``prompt_suffix`` is appended to each
     asked question (not to the history turns before it). ``predictions_path``: one JSON line
-    per question, in dataset order."""
+    per question, in dataset order. ``answerer``: one the caller made for ``mode`` (a benchmark
+    that changes what crosses the cut), instead of :func:`make_answerer`'s."""
     mode = OLD_MODE_NAMES.get(mode, mode)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -185,7 +187,7 @@ def evaluate(model_dir: Path, dataset: Path, limit: int | None = None, batch_siz
     questions = questions_of(samples)[:limit]
     out = _open_predictions(predictions_path)
     try:
-        answerer = make_answerer(mode, model_dir, device, codec_dir, split_layer)
+        answerer = answerer or make_answerer(mode, model_dir, device, codec_dir, split_layer)
         total = 0.0
         by_family: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
         errors, predictions, failed = [], [], {}
