@@ -9,7 +9,7 @@ DEFAULT_MODEL_DIR = MODELS_DIR / "tiny-llava"
 DEFAULT_CODEC_DIR = MODELS_DIR / "tiny-llava-codec-12bit"
 # The early split point: the edge runs one of the four CLIP blocks (issue 22). 11 bits, so its
 # 65 tokens (CLS crosses before the feature layer) fit the default codec's 130 B.
-EARLY_CODEC_DIR = MODELS_DIR / "tiny-llava-codec-split1-11bit"
+EARLY_CODEC_DIR = MODELS_DIR / "tiny-llava-codec-split1-12bit"
 # What `cloud-server` serves and `edge-agent --mode auto` chooses among when given no --codec:
 # the first is the default split point (the one a client that names none is served).
 SHIPPED_CODEC_DIRS = (DEFAULT_CODEC_DIR, EARLY_CODEC_DIR)

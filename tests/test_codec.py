@@ -241,6 +241,14 @@ def test_train_codec_command_writes_a_codec_that_eval_uses(tmp_path):
     measured = json.loads(result.stdout)
     # two 4-bit stages over 64 tokens: 2 chunks of 32 bytes, plus the header
     assert 64 < measured["payload_bytes_mean"] < 64 + 64
+    # a fine-tune of it keeps its geometry and records what it started from
+    out = run_in_process(alignedvq, ["train-codec", "--dataset", data, "--steps", "1",
+                                     "--batch", "4", "--workers", "0", "--init-from",
+                                     tmp_path / "codec", "--out", tmp_path / "tuned"])
+    assert out.returncode == 0, out.stderr
+    log = json.loads((tmp_path / "tuned" / "training_log.json").read_text())
+    assert log["init_from"]["fingerprint"] == meta["fingerprint"]
+    assert json.loads((tmp_path / "tuned" / "codec.json").read_text())["bits"] == 4
 
 
 def test_a_fine_tune_keeps_its_codecs_geometry_unless_told():

@@ -457,6 +457,11 @@ def _train(run: CodecTraining, world: World) -> dict:
                "processes": world.size, "device": str(world.device), "dtype": run.dtype,
                "lr": run.lr, "distill_weight": run.distill_weight,
                "vision_weight": run.vision_weight, "seed": run.seed,
+               # a fine-tune's figures mean little without what it started from
+               "init_from": None if run.init_from is None else {
+                   "path": str(run.init_from),
+                   "fingerprint": json.loads((run.init_from / "codec.json").read_text())
+                   .get("fingerprint")},
                "history": history, "minutes": round((time.monotonic() - started) / 60, 1),
                "codes_used": [int((u > 0.01).sum()) for u in world.sum(usage.clone())]}
     if world.is_main:
