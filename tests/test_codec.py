@@ -219,7 +219,7 @@ def test_eval_cuts_where_the_codec_was_trained(tmp_path):
     args = ["eval", "--dataset", data, "--mode", "alignedvq", "--codec", EARLY_CODEC_DIR]
     out = run_in_process(alignedvq, [*args, "--json"])
     assert out.returncode == 0, out.stderr
-    # 65 tokens (CLS crosses before the feature layer) x 11 bits, plus the header.
+    # 64 patch tokens x 12 bits (CLS is decoded from the codec's prior), plus the header.
     assert json.loads(out.stdout)["payload_bytes_mean"] <= 130
     out = run_in_process(alignedvq, [*args, "--split-layer", "4"])
     assert out.returncode == 2
