@@ -178,7 +178,7 @@ def test_edge_agent_chat_sends_the_image_again_when_the_handle_is_gone(small_ser
     from edge_agent.cli import build, parse
 
     session = build(parse(["--server", small_server.address, "--image", str(IMAGE), "--chat",
-                           "--json"]))
+                           "--json", "--mode", "alignedvq"]))
     conversation = Chat(session, lambda q, h, stream: ask_with_image(session, q, h, stream))
     first = conversation.ask(FIRST)
     conversation.handle, conversation.history = b"expired-handle", [(FIRST, first.answer)]
