@@ -1,9 +1,11 @@
 """``edge-agent``: ask the cloud server a question about an image.
 
-``--mode alignedvq`` (default) runs the vision tower and the codec here and sends only packed
-codebook indices; ``--mode image`` uploads the image as JPEG (the cloud-only baseline);
-``--mode auto`` takes, per request, whichever of those is predicted to answer first, at any
-split point the server serves that this edge has a codec for (edge_agent/auto.py).
+``--mode auto`` (default) takes, per request, whichever path is predicted to answer first: the
+upload, or codes at any split point the server serves that this edge has a codec for
+(edge_agent/auto.py); ``--mode alignedvq`` always runs the vision blocks before the cut and the
+codec here and sends only packed codebook indices; ``--mode image`` always uploads the image as
+JPEG (the cloud-only baseline). ``--split-layer`` without ``--mode`` means ``alignedvq`` at that
+cut.
 
 ``--runtime torch`` (default) runs the edge half with PyTorch; ``--runtime onnx`` runs the graph
 ``alignedvq export-edge`` wrote, with ONNX Runtime, and imports neither torch nor transformers.
@@ -115,12 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "in --server)")
     p.add_argument("--auth-token-file", metavar="FILE",
                    help="send the file's first token as 'authorization: Bearer <token>'")
-    p.add_argument("--mode", choices=MODES, default=MODES[0],
-                   help="alignedvq: send codebook indices (default); image: upload a JPEG; "
-                        "fp16/int8: send raw split features (baselines); auto: per request, "
+    p.add_argument("--mode", choices=MODES, default=None,
+                   help="auto (default; alignedvq when --split-layer is given): per request, "
                         "the upload or codes at any split point served, whichever is predicted "
                         "to answer first (learns this edge's compute, the link and the "
-                        "server's times; --auto-cache)")
+                        "server's times; --auto-cache); alignedvq: send codebook indices; "
+                        "image: upload a JPEG; fp16/int8: send raw split features (baselines)")
     p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
                    help="torch: PyTorch + transformers (default); onnx: the exported graph on "
                         "ONNX Runtime, no torch needed (--mode alignedvq or auto)")
@@ -248,6 +250,8 @@ def exit_for(error: Exception, session: Session | None) -> int | None:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    if args.mode is None:  # a cut asked for is a fixed path; otherwise the fastest one
+        args.mode = ALIGNEDVQ if args.split_layer is not None else AUTO
     if args.question is None and not args.chat:
         raise BadInput("--question is required (or --chat, which reads questions from "
                        "standard input)")

@@ -158,7 +158,8 @@ def chat(server, monkeypatch, lines, *args):
 
 def test_edge_agent_chat_sends_the_image_once(small_server, monkeypatch):
     turns = chat(small_server, monkeypatch, [SECOND, "", "where is the green object?"],
-                 "--question", FIRST, "--temperature", "0.5", "--seed", "3")
+                 "--question", FIRST, "--temperature", "0.5", "--seed", "3", "--mode",
+                 "alignedvq")
     assert [t["turn"] for t in turns] == [1, 2, 3]  # the blank line is skipped
     assert turns[0]["mode"] == "alignedvq" and turns[0]["image_bytes"] > 0
     for t in turns[1:]:
@@ -177,7 +178,7 @@ def test_edge_agent_chat_sends_the_image_again_when_the_handle_is_gone(small_ser
     from edge_agent.cli import build, parse
 
     session = build(parse(["--server", small_server.address, "--image", str(IMAGE), "--chat",
-                           "--json"]))
+                           "--json", "--mode", "alignedvq"]))
     conversation = Chat(session, lambda q, h, stream: ask_with_image(session, q, h, stream))
     first = conversation.ask(FIRST)
     conversation.handle, conversation.history = b"expired-handle", [(FIRST, first.answer)]

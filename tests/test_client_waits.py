@@ -29,7 +29,7 @@ def test_edge_agent_started_before_the_server_gets_the_answer_once_it_is_up():
     port = free_port()
     edge = subprocess.Popen(cli("edge-agent") + ["--server", f"127.0.0.1:{port}", "--image",
                                                  str(IMAGE), "--question", QUESTION, "--json",
-                                                 "--timeout", "240"],
+                                                 "--mode", "alignedvq", "--timeout", "240"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         # The agent says when it starts waiting: only then is the server started (on the port

@@ -64,7 +64,7 @@ def python_edge(server, token_file, dump: Path, image: str, question: str, *extr
                              "--auth-token-file", str(token_file),
                              "--image", str(SAMPLES_DIR / "images" / image),
                              "--question", question, "--dump-payload", str(dump), "--json",
-                             *extra],
+                             *(extra if "--mode" in extra else (*extra, "--mode", "alignedvq"))],
         capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)

@@ -54,7 +54,8 @@ def test_node_edge_sends_what_the_python_onnx_edge_sends(server, exported_edge, 
         node, node_msgs = run_edge([NODE, str(CLIENT_DIR / "edge.js"), *args],
                                    tmp_path / f"node{i}.json")
         python, python_msgs = run_edge([sys.executable, "-m", "edge_agent.cli", "--runtime",
-                                        "onnx", *args], tmp_path / f"python{i}.json")
+                                        "onnx", "--mode", "alignedvq", *args],
+                                       tmp_path / f"python{i}.json")
         # Header (fingerprints, tokens, bits, stages, question) and every packed chunk.
         if row["image"].endswith(".png"):   # PNG decoding is exact: the same bytes
             assert node_msgs == python_msgs, row

@@ -110,7 +110,7 @@ def test_onnx_agent_answers_like_the_torch_agent_without_importing_torch(
     # indices are compared in-process above.
     for row in ROWS[:1]:
         common = ["--image", str(SAMPLES_DIR / row["image"]), "--question", row["question"],
-                  "--json"]
+                  "--json", "--mode", "alignedvq"]
         onnx = _agent(server, *common, "--runtime", "onnx", "--onnx-dir", str(exported_edge),
                       "--dump-payload", str(tmp_path / "onnx.json"),
                       python_flags=("-X", "importtime"))

@@ -196,7 +196,7 @@ def test_edge_agent_over_tls_with_token_answers(servers, pki, token_file):
     # also checks that a multi-address target verifies the certificate against its host.
     address = servers["tls"].address
     run = edge_in_process("--server", f"{address},{address}", "--tls-ca", pki["ca"],
-                          "--auth-token-file", token_file)
+                          "--auth-token-file", token_file, "--mode", "alignedvq")
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1])["answer"].strip()
     assert "without TLS" not in run.stderr

@@ -93,7 +93,7 @@ def starting_server():
 
 
 PLAIN_ARGS = ("--image", str(SAMPLES_DIR / "images/sample2.png"),
-              "--question", "how many objects are there?")
+              "--question", "how many objects are there?", "--mode", "alignedvq")
 
 
 def _mismatched_codec(folder):
@@ -120,7 +120,8 @@ def agent_runs(server, tmp_path_factory):
         yield {"plain": pool.submit(edge_agent, server, *PLAIN_ARGS),
                "mismatched codec": pool.submit(
                    edge_agent, server, "--image", str(SAMPLES_DIR / "images/sample0.png"),
-                   "--question", "how many objects are there?", "--codec", str(codec))}
+                   "--question", "how many objects are there?", "--codec", str(codec),
+                   "--mode", "alignedvq")}
 
 
 def test_health_goes_from_not_serving_to_serving(starting_server):
@@ -146,7 +147,7 @@ def split_runs(server):
     """``edge-agent --json`` in this process for every sample question, alignedvq mode: what
     the split path's tests below check (each run is the same greedy request; once is enough)."""
     return [edge_in_process(server, "--image", str(SAMPLES_DIR / row["image"]), "--question",
-                            row["question"], "--json") for row in ROWS]
+                            row["question"], "--json", "--mode", "alignedvq") for row in ROWS]
 
 
 def test_split_path_answers_equal_the_in_process_pipeline(split_runs):
@@ -209,7 +210,7 @@ def test_dump_payload_replays_to_the_same_answer(server, stub, tmp_path):
     dump = tmp_path / "payload.json"
     out = edge_in_process(server, "--image", str(SAMPLES_DIR / "images/sample0.png"),
                           "--question", "what color is the triangle?", "--json",
-                          "--dump-payload", str(dump))
+                          "--mode", "alignedvq", "--dump-payload", str(dump))
     assert out.returncode == 0, out.stderr
     saved = json.loads(dump.read_text())
     assert saved["method"] == "/alignedvq.v1.InferenceService/AnswerFromCodes"
@@ -250,16 +251,16 @@ def test_any_image_pil_opens(server, tmp_path):
     rotated.save(tmp_path / "exif.jpg", exif=exif, quality=95)
     for name in list(variants) + ["exif.jpg"]:
         out = edge_in_process(server, "--image", str(tmp_path / name), "--question",
-                              "how many objects are there?", "--json")
+                              "how many objects are there?", "--json", "--mode", "alignedvq")
         assert out.returncode == 0, (name, out.stderr)
         assert json.loads(out.stdout)["answer"], name
     exif_answer = json.loads(edge_in_process(server, "--image", str(tmp_path / "exif.jpg"),
                                              "--question", "where is the red object?",
-                                             "--json").stdout)["answer"]
+                                             "--json", "--mode", "alignedvq").stdout)["answer"]
     plain_answer = json.loads(edge_in_process(server, "--image",
                                               str(SAMPLES_DIR / "images/sample2.png"),
                                               "--question", "where is the red object?",
-                                              "--json").stdout)["answer"]
+                                              "--json", "--mode", "alignedvq").stdout)["answer"]
     assert exif_answer == plain_answer
 
 

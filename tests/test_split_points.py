@@ -127,7 +127,7 @@ def test_probe_link_reports_what_arrived(stub):
 def test_edge_agent_cuts_where_its_codec_was_trained(default_server):
     out = edge_agent_in_process("--server", default_server.address, "--image", str(SAMPLE),
                                 "--question", QUESTION, "--codec", str(EARLY_CODEC_DIR),
-                                "--check-server", "--json")
+                                "--mode", "alignedvq", "--check-server", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert (result["answer"], result["split_layer"]) == (ROW["answer"], 1)

@@ -132,7 +132,7 @@ def test_the_page_sends_what_edge_agent_sends(page_run, web_server, tmp_path):
         run = edge_agent_in_process(
             "--server", web_server.address, "--auth-token-file", web_server.token_file,
             "--runtime", "onnx", "--onnx-dir", web_server.edge, "--image", SAMPLES_DIR / row["image"],
-            "--question", row["question"], "--json", "--dump-payload", dump)
+            "--question", row["question"], "--json", "--mode", "alignedvq", "--dump-payload", dump)
         assert run.returncode == 0, run.stderr[-2000:]
         python = json.loads(dump.read_text())["messages_base64"]
         if row["image"].endswith(".png"):  # PNG decoding is exact: the same bytes

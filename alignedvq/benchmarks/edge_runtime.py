@@ -140,7 +140,8 @@ def agent_processes(edge_dir: Path, runs: int) -> dict:
         for runtime in ("torch", "onnx"):
             cmd = [*base, "--server", server.address, "--runtime", runtime, "--onnx-dir",
                    str(edge_dir), "--image", str(SAMPLES_DIR / "images" / "sample0.png"),
-                   "--question", "what shape is the purple object?", "--json"]
+                   "--question", "what shape is the purple object?", "--json", "--mode",
+                   "alignedvq"]
             samples = [_agent_run(cmd) for _ in range(runs)]
             out[runtime] = {k: round(statistics.median(s[k] for s in samples), 3)
                             for k in ("wall_s", "startup_s", "peak_rss_mb")}
